@@ -13,10 +13,10 @@
 #   scripts/cluster.sh down                  # stop everything and delete the data directory
 #
 # Environment (all optional):
-#   PGSPLIT_CLUSTER_DIR   data directory       (default: <repo>/.cluster)
-#   PGSPLIT_CLUSTER_PORT  primary port         (default: 15432; replica i gets PORT+i)
-#   PGSPLIT_REPLICAS      number of replicas   (default: 2)
-#   PGSPLIT_LAG_REPLICA / PGSPLIT_LAG_DELAY    give replica I a recovery_min_apply_delay
+#   PGCLUSTER_DIR   data directory       (default: <repo>/.cluster)
+#   PGCLUSTER_PORT  primary port         (default: 15432; replica i gets PORT+i)
+#   PGCLUSTER_REPLICAS      number of replicas   (default: 2)
+#   PGCLUSTER_LAG_REPLICA / PGCLUSTER_LAG_DELAY    give replica I a recovery_min_apply_delay
 #
 # Roles created on the primary (passwords equal the names unless noted):
 #   postgres   superuser (password "postgres")      app     SCRAM, owns database app
@@ -26,11 +26,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-DIR=${PGSPLIT_CLUSTER_DIR:-$ROOT/.cluster}
-PORT=${PGSPLIT_CLUSTER_PORT:-15432}
-REPLICAS=${PGSPLIT_REPLICAS:-2}
-LAG_REPLICA=${PGSPLIT_LAG_REPLICA:-}
-LAG_DELAY=${PGSPLIT_LAG_DELAY:-}
+DIR=${PGCLUSTER_DIR:-$ROOT/.cluster}
+PORT=${PGCLUSTER_PORT:-15432}
+REPLICAS=${PGCLUSTER_REPLICAS:-2}
+LAG_REPLICA=${PGCLUSTER_LAG_REPLICA:-}
+LAG_DELAY=${PGCLUSTER_LAG_DELAY:-}
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -253,10 +253,10 @@ cmd_down() {
 
 cmd_env() {
   load_replicas
-  echo "PGSPLIT_PRIMARY=127.0.0.1:$PORT"
+  echo "PGCLUSTER_PRIMARY=127.0.0.1:$PORT"
   local i reps=""
   for ((i = 1; i <= REPLICAS; i++)); do reps="$reps${reps:+,}127.0.0.1:$((PORT + i))"; done
-  echo "PGSPLIT_REPLICAS=$reps"
+  echo "PGCLUSTER_REPLICAS=$reps"
 }
 
 case "${1:-}" in

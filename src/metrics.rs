@@ -1,0 +1,106 @@
+//! Every metric pgsplit exports: names as constants, descriptions registered once, and small
+//! helpers so that no other module writes a metric name inline.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const CLIENT_CONNECTIONS: &str = "pgsplit_client_connections";
+pub const CLIENT_CONNECTIONS_TOTAL: &str = "pgsplit_client_connections_total";
+pub const CLIENT_LOGIN_FAILURES_TOTAL: &str = "pgsplit_client_login_failures_total";
+pub const QUERIES_ROUTED_TOTAL: &str = "pgsplit_queries_routed_total";
+pub const QUERY_DURATION_SECONDS: &str = "pgsplit_query_duration_seconds";
+pub const ERRORS_TOTAL: &str = "pgsplit_errors_total";
+pub const POOL_CONNECTIONS: &str = "pgsplit_pool_connections";
+pub const POOL_WAITING: &str = "pgsplit_pool_waiting_clients";
+pub const POOL_CHECKOUT_SECONDS: &str = "pgsplit_pool_checkout_seconds";
+pub const SESSIONS_PINNED: &str = "pgsplit_sessions_pinned";
+pub const CLASSIFICATIONS_TOTAL: &str = "pgsplit_classifications_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and describes every metric.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0,
+                ])
+                .expect("static buckets")
+                .install_recorder()
+                .expect("one recorder per process");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CLIENT_CONNECTIONS, "Client connections open now");
+    describe_counter!(CLIENT_CONNECTIONS_TOTAL, "Client connections accepted");
+    describe_counter!(CLIENT_LOGIN_FAILURES_TOTAL, "Client logins refused, by SQLSTATE");
+    describe_counter!(QUERIES_ROUTED_TOTAL, "Statement batches routed, by target and reason");
+    describe_histogram!(QUERY_DURATION_SECONDS, Unit::Seconds, "Time from a batch's first byte to its ReadyForQuery");
+    describe_counter!(ERRORS_TOTAL, "Errors sent to clients, by SQLSTATE class");
+    describe_gauge!(POOL_CONNECTIONS, "Backend connections per pool and state (active, idle)");
+    describe_gauge!(POOL_WAITING, "Clients waiting for a backend connection, per pool");
+    describe_histogram!(POOL_CHECKOUT_SECONDS, Unit::Seconds, "Time to check out a backend connection");
+    describe_gauge!(SESSIONS_PINNED, "Sessions pinned to one backend, by reason");
+    describe_counter!(CLASSIFICATIONS_TOTAL, "Statement classifications, by source (fast, cache, parse)");
+}
+
+pub fn client_connected() {
+    gauge!(CLIENT_CONNECTIONS).increment(1.0);
+    counter!(CLIENT_CONNECTIONS_TOTAL).increment(1);
+}
+
+pub fn client_disconnected() {
+    gauge!(CLIENT_CONNECTIONS).decrement(1.0);
+}
+
+pub fn login_failed(sqlstate: &'static str) {
+    counter!(CLIENT_LOGIN_FAILURES_TOTAL, "sqlstate" => sqlstate).increment(1);
+}
+
+pub fn routed(target: &'static str, reason: &'static str) {
+    counter!(QUERIES_ROUTED_TOTAL, "target" => target, "reason" => reason).increment(1);
+}
+
+pub fn query_duration(target: &'static str, seconds: f64) {
+    histogram!(QUERY_DURATION_SECONDS, "target" => target).record(seconds);
+}
+
+/// Counts an error sent to a client by its SQLSTATE class (the first two characters).
+pub fn error_sent(sqlstate: &str) {
+    let class = sqlstate.get(..2).unwrap_or("??").to_owned();
+    counter!(ERRORS_TOTAL, "class" => class).increment(1);
+}
+
+pub fn checkout(seconds: f64) {
+    histogram!(POOL_CHECKOUT_SECONDS).record(seconds);
+}
+
+pub fn pinned(reason: &'static str, delta: f64) {
+    gauge!(SESSIONS_PINNED, "reason" => reason).increment(delta);
+}
+
+pub fn classified(source: &'static str) {
+    counter!(CLASSIFICATIONS_TOTAL, "source" => source).increment(1);
+}
+
+/// Publishes pool gauges from a status snapshot (called when /metrics is scraped).
+pub fn pools(status: &[crate::pool::PoolStatus]) {
+    for p in status {
+        let labels = [("node", p.node.clone()), ("user", p.user.clone()), ("database", p.database.clone())];
+        let mut with_state = labels.to_vec();
+        with_state.push(("state", "active".into()));
+        gauge!(POOL_CONNECTIONS, &with_state).set(p.active as f64);
+        with_state.pop();
+        with_state.push(("state", "idle".into()));
+        gauge!(POOL_CONNECTIONS, &with_state).set(p.idle as f64);
+        gauge!(POOL_WAITING, &labels).set(p.waiting as f64);
+    }
+}

@@ -1,0 +1,235 @@
+//! Backend connection pools: one deadpool pool per (node, user, database), created on first
+//! use. Checkout is a semaphore plus a queue pop — no health-check round trip; connections are
+//! known-good because a session only returns one that is idle and clean (see `session`), and a
+//! reaper closes connections past `idle_timeout` or `max_lifetime`. This module knows nothing
+//! about routing or lag.
+
+mod conn;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult, Timeouts};
+use pgsplit_protocol::auth::AuthError;
+use pgsplit_protocol::error::ErrorFields;
+use pgsplit_protocol::ProtocolError;
+use tokio_util::sync::CancellationToken;
+
+pub use conn::{Credential, ServerConn, MAX_BACKEND_MESSAGE, MAX_PREPARED_PER_CONN};
+
+use crate::config::{NodeAddr, PoolSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("could not connect to {0}: {1}")]
+    Connect(String, #[source] std::io::Error),
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("backend I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend closed the connection")]
+    Closed,
+    #[error("backend protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("backend authentication failed: {0}")]
+    Auth(#[from] AuthError),
+    #[error("the backend asks for {0}, and pgsplit has none for this user")]
+    NoCredential(&'static str),
+    #[error("backend asks for unsupported {0}")]
+    Unsupported(String),
+    #[error("unexpected {0} from backend")]
+    Unexpected(&'static str),
+    #[error("{}", .0.message())]
+    Server(ErrorFields),
+    #[error("no backend connection became free within {0:?}")]
+    CheckoutTimeout(Duration),
+    #[error("pool is closed")]
+    PoolClosed,
+}
+
+/// Which pool: a node, and the role and database its connections log in as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: NodeAddr,
+    pub user: String,
+    pub database: String,
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}/{}", self.user, self.node, self.database)
+    }
+}
+
+pub struct Manager {
+    key: PoolKey,
+    credential: RwLock<Credential>,
+    connect_timeout: Duration,
+    max_lifetime: Duration,
+}
+
+impl managed::Manager for Manager {
+    type Type = ServerConn;
+    type Error = PoolError;
+
+    async fn create(&self) -> Result<ServerConn, PoolError> {
+        let cred = self.credential.read().expect("credential lock").clone();
+        let conn =
+            ServerConn::connect(&self.key.node, &self.key.user, &self.key.database, &cred, self.connect_timeout).await;
+        match &conn {
+            Ok(_) => tracing::debug!(pool = %self.key, "backend connection opened"),
+            Err(e) => tracing::warn!(pool = %self.key, error = %e, "backend connection failed"),
+        }
+        conn
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, metrics: &Metrics) -> RecycleResult<PoolError> {
+        if conn.broken {
+            return Err(RecycleError::message("broken"));
+        }
+        if metrics.age() > self.max_lifetime {
+            return Err(RecycleError::message("max_lifetime reached"));
+        }
+        Ok(())
+    }
+}
+
+pub type Pool = managed::Pool<Manager>;
+/// A checked-out backend connection; dropping it returns it to its pool.
+pub type PooledConn = Object<Manager>;
+
+/// All pools, by key.
+pub struct Pools {
+    settings: PoolSettings,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
+}
+
+/// A snapshot of one pool for SHOW POOLS, /metrics and the dashboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStatus {
+    pub pool: String,
+    pub node: String,
+    pub user: String,
+    pub database: String,
+    pub max_size: usize,
+    pub size: usize,
+    pub idle: usize,
+    pub active: usize,
+    pub waiting: usize,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Pools { settings, pools: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// The pool for `key`, created with `size` connections at most if new. A credential learned
+    /// later (SCRAM keys from a client login) replaces a missing one.
+    pub fn get(&self, key: &PoolKey, size: usize, credential: &Credential) -> Pool {
+        let mut pools = self.pools.lock().expect("pools lock");
+        if let Some(p) = pools.get(key) {
+            if *credential != Credential::None {
+                let m = p.manager();
+                let current = m.credential.read().expect("credential lock");
+                if *current != *credential {
+                    drop(current);
+                    *m.credential.write().expect("credential lock") = credential.clone();
+                }
+            }
+            return p.clone();
+        }
+        let manager = Manager {
+            key: key.clone(),
+            credential: RwLock::new(credential.clone()),
+            connect_timeout: self.settings.connect_timeout,
+            max_lifetime: self.settings.max_lifetime,
+        };
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(self.settings.checkout_timeout),
+                create: Some(self.settings.connect_timeout),
+                recycle: Some(Duration::from_secs(5)),
+            })
+            .build()
+            .expect("pool with a runtime and valid size");
+        pools.insert(key.clone(), pool.clone());
+        pool
+    }
+
+    pub fn status(&self) -> Vec<PoolStatus> {
+        let pools = self.pools.lock().expect("pools lock");
+        let mut out: Vec<PoolStatus> = pools
+            .iter()
+            .map(|(k, p)| {
+                let s = p.status();
+                PoolStatus {
+                    pool: k.to_string(),
+                    node: k.node.to_string(),
+                    user: k.user.clone(),
+                    database: k.database.clone(),
+                    max_size: s.max_size,
+                    size: s.size,
+                    idle: s.available,
+                    active: s.size - s.available,
+                    waiting: s.waiting,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.pool.cmp(&b.pool));
+        out
+    }
+
+    /// Closes idle connections past `idle_timeout` or `max_lifetime`, every few seconds,
+    /// until `shutdown`.
+    pub async fn reap(self: Arc<Self>, shutdown: CancellationToken) {
+        let period = (self.settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let pools: Vec<Pool> = self.pools.lock().expect("pools lock").values().cloned().collect();
+            for p in pools {
+                let idle = self.settings.idle_timeout;
+                let life = self.settings.max_lifetime;
+                p.retain(|_, m| m.last_used() < idle && m.age() < life);
+            }
+        }
+    }
+
+    /// Closes every pool (at shutdown).
+    pub fn close_all(&self) {
+        for p in self.pools.lock().expect("pools lock").values() {
+            p.close();
+        }
+    }
+}
+
+/// Checks a connection out of `pool`, mapping deadpool's errors to ours.
+pub async fn checkout(pool: &Pool) -> Result<PooledConn, PoolError> {
+    pool.get().await.map_err(|e| match e {
+        managed::PoolError::Timeout(managed::TimeoutType::Wait) => {
+            PoolError::CheckoutTimeout(pool.timeouts().wait.unwrap_or_default())
+        }
+        managed::PoolError::Timeout(_) => PoolError::ConnectTimeout(pool.manager().key.node.to_string()),
+        managed::PoolError::Backend(e) => e,
+        managed::PoolError::Closed => PoolError::PoolClosed,
+        managed::PoolError::NoRuntimeSpecified | managed::PoolError::PostCreateHook(_) => {
+            PoolError::Unexpected("pool configuration")
+        }
+    })
+}
+
+/// Takes a connection out of its pool for good and closes it.
+pub fn discard(conn: PooledConn) {
+    let c = Object::take(conn);
+    tokio::spawn(c.close());
+}

@@ -1,0 +1,196 @@
+//! Routing: what a statement batch is ([`classify`]) and where it runs ([`policy`]).
+//!
+//! Both halves are pure — no I/O, no awaiting, no clocks — so they are table-tested. The
+//! classifier reads PostgreSQL's own parse tree (`pg_query`); a small lexical fast path
+//! ([`fast`]) answers the common shapes that provably need no parse, and a bounded cache
+//! ([`cache`]) remembers results by statement text. Anything the classifier cannot prove safe
+//! for a replica is classified as needing the primary.
+
+pub mod cache;
+mod classify;
+pub mod fast;
+mod functions;
+pub mod policy;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+pub use cache::Classifier;
+pub use classify::{classify_full, quote_literal};
+pub use policy::{route, Reason, Route, Target};
+
+/// Transaction control in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxControl {
+    /// `BEGIN` / `START TRANSACTION` with its access mode and isolation.
+    Begin { read_only: bool, serializable: bool },
+    /// `COMMIT`, `ROLLBACK`, `END`, `ABORT`.
+    End,
+}
+
+/// Session state that outlives the statement and ties the session to one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pin {
+    Listen,
+    TempObject,
+    AdvisoryLock,
+    HoldCursor,
+    Sequence,
+    SqlPrepare,
+    /// Session state pgsplit cannot replay (`LOAD`, a `set_config` with computed arguments, ...).
+    Other,
+}
+
+impl Pin {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Pin::Listen => "listen",
+            Pin::TempObject => "temp_object",
+            Pin::AdvisoryLock => "advisory_lock",
+            Pin::HoldCursor => "hold_cursor",
+            Pin::Sequence => "sequence",
+            Pin::SqlPrepare => "sql_prepare",
+            Pin::Other => "other",
+        }
+    }
+}
+
+/// What a statement does to session state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A session-level setting; `sql` replays it (the statement's own text).
+    Set { name: String, sql: String },
+    /// `RESET name`.
+    Reset { name: String },
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DISCARD ALL`: settings, prepared statements, pins — everything.
+    DiscardAll,
+    /// `DEALLOCATE ALL`: every prepared statement of the session.
+    DeallocateAll,
+    /// `DISCARD TEMP`, `DISCARD SEQUENCES`, `UNLISTEN *`, `pg_advisory_unlock_all()`, `CLOSE ALL`.
+    Unpin(Pin),
+    Pin(Pin),
+}
+
+/// A comment hint: `/* pgsplit:primary */` or `/* pgsplit:replica */`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    Primary,
+    Replica,
+}
+
+/// Why a statement needs the primary, or that it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Need {
+    /// Safe on a replica, as far as the text shows.
+    Read,
+    Write,
+    Ddl,
+    Locking,
+    SelectInto,
+    WritableCte,
+    SideEffectFunction,
+    TxControl,
+    SessionState,
+    Utility,
+    Copy,
+    ExplainAnalyze,
+    Catalog,
+    Unknown,
+    ParseError,
+}
+
+impl Need {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Need::Read => "read",
+            Need::Write => "write",
+            Need::Ddl => "ddl",
+            Need::Locking => "locking",
+            Need::SelectInto => "select_into",
+            Need::WritableCte => "writable_cte",
+            Need::SideEffectFunction => "side_effect_function",
+            Need::TxControl => "tx_control",
+            Need::SessionState => "session_state",
+            Need::Utility => "utility",
+            Need::Copy => "copy",
+            Need::ExplainAnalyze => "explain_analyze",
+            Need::Catalog => "catalog",
+            Need::Unknown => "unknown",
+            Need::ParseError => "parse_error",
+        }
+    }
+}
+
+/// Everything routing needs to know about one statement batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    /// `Need::Read` when every statement may run on a replica; otherwise the first reason why not.
+    pub need: Need,
+    /// Only reads the catalog (`pg_catalog`, `information_schema`): a read, routed by config.
+    pub catalog: bool,
+    pub tx: Option<TxControl>,
+    pub effects: Vec<Effect>,
+    /// Functions whose volatility decides the route (not in pgsplit's built-in tables),
+    /// lower-case, unqualified.
+    pub functions: Vec<String>,
+    /// Relations read (lower-case, unqualified), for the unlogged-table check.
+    pub relations: Vec<String>,
+    pub hint: Option<Hint>,
+    /// Changes schema: caches of function volatility and relation kinds must be refreshed.
+    pub ddl: bool,
+    /// Number of statements in the batch.
+    pub statements: usize,
+}
+
+impl Class {
+    pub fn new(need: Need) -> Self {
+        Class {
+            need,
+            catalog: false,
+            tx: None,
+            effects: Vec::new(),
+            functions: Vec::new(),
+            relations: Vec::new(),
+            hint: None,
+            ddl: false,
+            statements: 1,
+        }
+    }
+
+    pub fn is_read(&self) -> bool {
+        self.need == Need::Read
+    }
+
+    /// Marks the batch as needing the primary unless it already does.
+    pub(crate) fn require(&mut self, need: Need) {
+        if self.need == Need::Read {
+            self.need = need;
+        }
+    }
+
+    /// Whether any statement changes what later statements see of session state.
+    pub fn has_effects(&self) -> bool {
+        !self.effects.is_empty()
+    }
+}
+
+/// A shared, immutable classification (what the cache hands out).
+pub type ClassRef = Arc<Class>;
+
+/// Finds a routing hint anywhere in the statement text.
+pub fn find_hint(sql: &str) -> Option<Hint> {
+    let i = sql.find("pgsplit:")?;
+    let rest = &sql[i + 8..];
+    if rest.starts_with("primary") {
+        Some(Hint::Primary)
+    } else if rest.starts_with("replica") {
+        Some(Hint::Replica)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,129 @@
+//! One client, from its StartupMessage to its last byte: authentication, the session's first
+//! backend connection (whose ParameterStatus values the client sees), then the command loop.
+//!
+//! The session is the only orchestrator: it asks `router` where each batch goes, takes a
+//! connection from `pool`, and relays. Nothing imports this module but `server`.
+
+mod auth;
+mod backend;
+mod expect;
+mod extended;
+mod io;
+mod relay;
+mod state;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pgsplit_protocol::backend::{encode_parameter_status, encode_ready};
+use pgsplit_protocol::{BackendMessage, TxStatus};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
+
+use crate::config::PoolMode;
+use crate::context::Context;
+use crate::error::Error;
+use crate::pool::PoolKey;
+
+pub use state::SessionParams;
+
+/// What the listener knows about a new client.
+pub struct ClientInfo {
+    pub peer: String,
+    pub tls: bool,
+    pub params: Vec<(String, String)>,
+}
+
+/// Runs a client session to its end. `rbuf` holds bytes already read after the startup packet.
+pub async fn run<S>(ctx: Arc<Context>, stream: S, rbuf: BytesMut, info: ClientInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let param = |k: &str| info.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = param("user").unwrap_or_default();
+    let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let span = tracing::info_span!("client", addr = %info.peer, user = %user, db = %database, tls = info.tls);
+    async move {
+        crate::metrics::client_connected();
+        let mut io = io::ClientIo::new(stream, rbuf, ctx.settings.server.limits);
+        let timeout = ctx.settings.server.startup_timeout;
+        let started = tokio::time::timeout(timeout, startup(&ctx, &mut io, &info, &user, &database)).await;
+        let result: Result<(), Error> = match started {
+            Err(_) => Err(Error::StartupTimeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(session)) => {
+                tracing::debug!("logged in");
+                session.run(io).await;
+                crate::metrics::client_disconnected();
+                return;
+            }
+        };
+        if let Err(e) = result {
+            if let Some(r) = e.response() {
+                if r.code.code().starts_with("28") || r.code.code() == "3D000" {
+                    crate::metrics::login_failed(r.code.code());
+                }
+                io.send_error(&r).await;
+            }
+            match e {
+                Error::ClientGone | Error::ClientIo(_) => tracing::debug!("client disconnected"),
+                e => tracing::info!(error = %e, "session ended"),
+            }
+        }
+        crate::metrics::client_disconnected();
+    }
+    .instrument(span)
+    .await
+}
+
+/// Checks the startup packet, authenticates, and prepares the command loop.
+async fn startup<S>(
+    ctx: &Arc<Context>,
+    io: &mut io::ClientIo<S>,
+    info: &ClientInfo,
+    user: &str,
+    database: &str,
+) -> Result<relay::Session, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if user.is_empty() {
+        return Err(Error::NoUser);
+    }
+    if ctx.settings.server.require_tls && !info.tls {
+        return Err(Error::TlsRequired);
+    }
+    if !ctx.settings.database_allowed(database) {
+        return Err(Error::UnknownDatabase(database.into()));
+    }
+    if ctx.shutdown.is_cancelled() {
+        return Err(Error::Shutdown);
+    }
+    let params = SessionParams::from_startup(&info.params).map_err(Error::Unsupported)?;
+    let authed = auth::authenticate(io, ctx, user, database).await?;
+
+    let settings = &ctx.settings;
+    let listed = authed.user.as_ref();
+    let size = listed.and_then(|u| u.pool_size).unwrap_or(settings.pool.size);
+    let mode = listed.and_then(|u| u.pool_mode).unwrap_or(settings.pool.mode);
+    let key = PoolKey { node: settings.primary.clone(), user: user.to_owned(), database: database.to_owned() };
+    let pool = ctx.pools.get(&key, size, &authed.credential);
+    let cancel = ctx.cancels.register();
+
+    let mut session = relay::Session::new(ctx.clone(), key, pool, mode, params, cancel);
+    // The first connection proves the backend accepts this user and database, and its
+    // ParameterStatus values (with the client's settings applied) are what the client sees.
+    session.attach_primary().await?;
+    let mut out = BytesMut::with_capacity(512);
+    for (k, v) in session.reported_params() {
+        encode_parameter_status(&mut out, &k, &v);
+    }
+    BackendMessage::BackendKeyData { pid: session.cancel_pid(), secret: session.cancel_secret() }.encode(&mut out);
+    encode_ready(&mut out, TxStatus::Idle);
+    if mode == PoolMode::Transaction {
+        session.release().await;
+    }
+    io.wbuf.extend_from_slice(&out);
+    io.flush().await?;
+    Ok(session)
+}

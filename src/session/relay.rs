@@ -1,0 +1,462 @@
+//! The command loop: client frames go to the backend chosen for their batch, backend frames
+//! come back to the client untouched (only their headers are read, and the few message types
+//! that change session state are decoded). Reads and writes on both sockets are driven from
+//! one `select!`, so a large result and a large pipeline can never wedge each other.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use pgsplit_protocol::framing::peek_header;
+use pgsplit_protocol::{BackendMessage, ErrorResponse, Limits, TxStatus};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::expect::{Action, Expectations};
+use super::io::ClientIo;
+use super::state::SessionParams;
+use crate::cancel::Registration;
+use crate::config::PoolMode;
+use crate::context::Context;
+use crate::error::Error;
+use crate::pool::{Pool, PoolKey, PooledConn, MAX_BACKEND_MESSAGE};
+use crate::router::{Effect, Pin, Target};
+use crate::statements::Statement;
+
+/// Stop reading a side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 << 10;
+
+/// The backend connection a session holds.
+pub(super) struct Backend {
+    pub conn: PooledConn,
+    pub target: Target,
+}
+
+/// What happened to one batch (a simple Query, or extended messages up to Sync).
+pub(super) struct Batch {
+    pub effects: Vec<Effect>,
+    pub error: bool,
+    pub started: Instant,
+    pub target: &'static str,
+}
+
+pub struct Session {
+    pub(super) ctx: Arc<Context>,
+    pub(super) key: PoolKey,
+    pub(super) pool: Pool,
+    pub(super) mode: PoolMode,
+    pub(super) cancel: Registration,
+    pub(super) limits: Limits,
+
+    pub(super) cin: BytesMut,
+    pub(super) cout: BytesMut,
+    pub(super) bout: BytesMut,
+    pub(super) backend: Option<Backend>,
+
+    /// Transaction status from the last ReadyForQuery.
+    pub(super) tx: TxStatus,
+    /// Batches sent whose ReadyForQuery has not come back.
+    pub(super) batches: VecDeque<Batch>,
+    /// Extended-protocol messages were sent since the last Sync.
+    pub(super) batch_open: bool,
+    /// The open extended batch is being tracked in `expect`.
+    pub(super) tracking: bool,
+    /// Effects of the open extended batch, until its Sync.
+    pub(super) open_effects: Vec<Effect>,
+    /// Drop client messages up to the next Sync (after pgsplit reported an error itself).
+    pub(super) skip_until_sync: bool,
+    pub(super) expect: Expectations,
+    /// The backend is in COPY FROM STDIN.
+    pub(super) copy_in: bool,
+
+    pub(super) params: SessionParams,
+    pub(super) pins: Vec<Pin>,
+    /// Effects of statements inside the open transaction, applied if it commits.
+    pub(super) tx_effects: Vec<Effect>,
+    /// Whether the transaction that just ended committed (from CommandComplete).
+    pub(super) tx_committed: Option<bool>,
+    /// The client's named statements.
+    pub(super) statements: HashMap<String, Arc<Statement>>,
+    /// The client's unnamed statement and the backend pid it was parsed on.
+    pub(super) unnamed: Option<(String, Vec<u32>, i32)>,
+    pub(super) unnamed_class: Option<crate::router::ClassRef>,
+    pub(super) unnamed_target: Option<Target>,
+    /// When the open extended batch started and where it went.
+    pub(super) batch_started: Option<(Instant, &'static str)>,
+
+    pub(super) draining: bool,
+    pub(super) terminated: bool,
+}
+
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    BackendRead(std::io::Result<usize>),
+    BackendWrote(std::io::Result<usize>),
+    Shutdown,
+}
+
+impl Session {
+    pub(super) fn new(
+        ctx: Arc<Context>,
+        key: PoolKey,
+        pool: Pool,
+        mode: PoolMode,
+        params: SessionParams,
+        cancel: Registration,
+    ) -> Self {
+        let limits = ctx.settings.server.limits;
+        Session {
+            ctx,
+            key,
+            pool,
+            mode,
+            cancel,
+            limits,
+            cin: BytesMut::with_capacity(8192),
+            cout: BytesMut::with_capacity(8192),
+            bout: BytesMut::with_capacity(8192),
+            backend: None,
+            tx: TxStatus::Idle,
+            batches: VecDeque::new(),
+            batch_open: false,
+            tracking: false,
+            open_effects: Vec::new(),
+            skip_until_sync: false,
+            expect: Expectations::default(),
+            copy_in: false,
+            params,
+            pins: Vec::new(),
+            tx_effects: Vec::new(),
+            tx_committed: None,
+            statements: HashMap::new(),
+            unnamed: None,
+            unnamed_class: None,
+            unnamed_target: None,
+            batch_started: None,
+            draining: false,
+            terminated: false,
+        }
+    }
+
+    pub(super) fn cancel_pid(&self) -> i32 {
+        self.cancel.slot.pid
+    }
+
+    pub(super) fn cancel_secret(&self) -> i32 {
+        self.cancel.slot.secret
+    }
+
+    /// Runs the command loop until the client leaves, then cleans up its backend connection.
+    pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, io: ClientIo<S>) {
+        let ClientIo { stream, rbuf, .. } = io;
+        self.cin = rbuf;
+        let (mut cr, mut cw) = tokio::io::split(stream);
+        let result = self.command_loop(&mut cr, &mut cw).await;
+        if let Err(e) = &result {
+            if let Some(r) = e.response() {
+                r.encode(&mut self.cout);
+                crate::metrics::error_sent(r.code.code());
+            }
+            match e {
+                Error::ClientGone | Error::ClientIo(_) => tracing::debug!("client disconnected"),
+                e => tracing::info!(error = %e, "session ended"),
+            }
+        }
+        if !self.cout.is_empty() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cw.write_all(&self.cout)).await;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cw.shutdown()).await;
+        self.finish().await;
+    }
+
+    async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        cr: &mut tokio::io::ReadHalf<S>,
+        cw: &mut tokio::io::WriteHalf<S>,
+    ) -> Result<(), Error> {
+        let mut client_eof = false;
+        loop {
+            if !self.skip_client() {
+                self.process_client().await?;
+            }
+            self.process_backend()?;
+            if self.releasable() {
+                self.release().await;
+            }
+            if self.draining && self.idle_for_shutdown() {
+                return Err(Error::Shutdown);
+            }
+            if (self.terminated || client_eof) && self.cout.is_empty() {
+                return Ok(());
+            }
+            let shutdown = self.ctx.shutdown.clone();
+            let read_client =
+                !client_eof && !self.terminated && self.bout.len() < HIGH_WATER && !self.skip_client_reads();
+            let ev = {
+                let Session { cout, bout, cin, backend, draining, .. } = &mut *self;
+                let (mut br, mut bw, brbuf) = match backend.as_mut() {
+                    Some(b) => {
+                        let c = &mut *b.conn;
+                        let (r, w) = c.stream.split();
+                        (Some(r), Some(w), Some(&mut c.rbuf))
+                    }
+                    None => (None, None, None),
+                };
+                let has_backend = br.is_some();
+                let read_backend = has_backend && cout.len() < HIGH_WATER;
+                let write_backend = has_backend && !bout.is_empty();
+                tokio::select! {
+                    biased;
+                    r = cw.write(&cout[..]), if !cout.is_empty() => Event::ClientWrote(r),
+                    r = async { bw.as_mut().expect("backend").write(&bout[..]).await }, if write_backend => Event::BackendWrote(r),
+                    r = async { br.as_mut().expect("backend").read_buf(brbuf.expect("backend")).await }, if read_backend => Event::BackendRead(r),
+                    r = cr.read_buf(cin), if read_client => Event::ClientRead(r),
+                    _ = shutdown.cancelled(), if !*draining => Event::Shutdown,
+                }
+            };
+            match ev {
+                Event::ClientWrote(r) => {
+                    let n = r.map_err(Error::ClientIo)?;
+                    self.cout.advance(n);
+                }
+                Event::BackendWrote(r) => {
+                    let n = r.map_err(|_| Error::BackendLost)?;
+                    self.bout.advance(n);
+                }
+                Event::BackendRead(r) => {
+                    if r.map_err(|_| Error::BackendLost)? == 0 {
+                        self.backend_lost();
+                        return Err(Error::BackendLost);
+                    }
+                }
+                Event::ClientRead(r) => {
+                    if r.map_err(Error::ClientIo)? == 0 {
+                        client_eof = true;
+                        if self.backend.is_none() || self.cout.is_empty() {
+                            return Err(Error::ClientGone);
+                        }
+                    }
+                }
+                Event::Shutdown => self.draining = true,
+            }
+        }
+    }
+
+    /// Client frames are held back while the backend is still busy with a batch that a new
+    /// batch may not follow on the same connection.
+    fn skip_client(&self) -> bool {
+        self.terminated
+    }
+
+    fn skip_client_reads(&self) -> bool {
+        // Enough is buffered to work with; wait until it has been sent on.
+        self.cin.len() >= HIGH_WATER && peek_header(&self.cin, |t| self.limits.frontend_cap(t)).ok().flatten().is_some_and(|h| h.total <= self.cin.len())
+    }
+
+    fn idle_for_shutdown(&self) -> bool {
+        self.tx == TxStatus::Idle && self.batches.is_empty() && !self.batch_open && !self.copy_in
+    }
+
+    /// Whether the backend connection can go back to its pool now.
+    pub(super) fn releasable(&self) -> bool {
+        self.backend.is_some()
+            && self.mode == PoolMode::Transaction
+            && self.pins.is_empty()
+            && self.idle_for_shutdown()
+            && self.expect.is_empty()
+            && self.bout.is_empty()
+    }
+
+    fn backend_lost(&mut self) {
+        if let Some(b) = &mut self.backend {
+            b.conn.broken = true;
+        }
+    }
+
+    /// Handles every complete backend frame buffered so far.
+    pub(super) fn process_backend(&mut self) -> Result<(), Error> {
+        let Some(b) = self.backend.as_mut() else { return Ok(()) };
+        let mut forget = Vec::new();
+        loop {
+            let conn = &mut *b.conn;
+            let h = match peek_header(&conn.rbuf, |_| MAX_BACKEND_MESSAGE) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => {
+                    conn.broken = true;
+                    return Err(Error::BackendLost);
+                }
+            };
+            if conn.rbuf.len() < h.total {
+                conn.rbuf.reserve(h.total - conn.rbuf.len());
+                break;
+            }
+            let mut action = Action::Forward;
+            if !self.expect.is_empty() {
+                self.expect.drain_synthetic(&mut self.cout);
+                action = self.expect.on_backend(h.tag, &mut forget);
+                for id in forget.drain(..) {
+                    conn.prepared.remove(&id);
+                }
+            }
+            let body = &conn.rbuf[5..h.total];
+            match h.tag {
+                b'Z' => {
+                    let status = body.first().and_then(|b| TxStatus::from_byte(*b).ok()).ok_or(Error::BackendLost)?;
+                    self.tx = status;
+                    self.copy_in = false;
+                    if let Some(batch) = self.batches.pop_front() {
+                        crate::metrics::query_duration(batch.target, batch.started.elapsed().as_secs_f64());
+                        finish_batch(batch, status, &mut self.tx_effects, &mut self.tx_committed, &mut FinishCtx {
+                            params: &mut self.params,
+                            pins: &mut self.pins,
+                            statements: &mut self.statements,
+                            conn,
+                        });
+                    }
+                }
+                b'E' => {
+                    if let Some(batch) = self.batches.front_mut() {
+                        batch.error = true;
+                    }
+                    self.copy_in = false;
+                    crate::metrics::error_sent(error_code(body));
+                }
+                b'C' => {
+                    self.copy_in = false;
+                    if !self.tx_effects.is_empty() {
+                        if body.starts_with(b"COMMIT") {
+                            self.tx_committed = Some(true);
+                        } else if body.starts_with(b"ROLLBACK") {
+                            self.tx_committed = Some(false);
+                        }
+                    }
+                }
+                b'S' => {
+                    if let Ok(BackendMessage::ParameterStatus { name, value }) = BackendMessage::decode(h.tag, body) {
+                        conn.set_param(name, value);
+                    }
+                }
+                b'G' => self.copy_in = true,
+                _ => {}
+            }
+            if action == Action::Forward {
+                self.cout.extend_from_slice(&conn.rbuf[..h.total]);
+            }
+            conn.rbuf.advance(h.total);
+        }
+        if !self.expect.is_empty() {
+            self.expect.drain_synthetic(&mut self.cout);
+        }
+        Ok(())
+    }
+
+    /// Reports an error for the request at hand and, for an extended batch, skips to its Sync.
+    pub(super) fn report(&mut self, e: &ErrorResponse) {
+        e.encode(&mut self.cout);
+        crate::metrics::error_sent(e.code.code());
+    }
+}
+
+/// The parts of a session a finished batch may change.
+pub(super) struct FinishCtx<'a> {
+    pub params: &'a mut SessionParams,
+    pub pins: &'a mut Vec<Pin>,
+    pub statements: &'a mut HashMap<String, Arc<Statement>>,
+    pub conn: &'a mut crate::pool::ServerConn,
+}
+
+/// Applies a batch's effects once its ReadyForQuery says how it ended: at once when it
+/// completed outside a transaction, at COMMIT when inside one, never when it failed.
+fn finish_batch(
+    batch: Batch,
+    status: TxStatus,
+    tx_effects: &mut Vec<Effect>,
+    committed: &mut Option<bool>,
+    f: &mut FinishCtx<'_>,
+) {
+    match status {
+        TxStatus::Idle => {
+            // A transaction that was open has ended: keep its effects only if it committed.
+            if !tx_effects.is_empty() {
+                let effects = std::mem::take(tx_effects);
+                if committed.take() == Some(true) {
+                    apply_effects(&effects, f);
+                }
+            }
+            if !batch.error {
+                apply_effects(&batch.effects, f);
+            }
+        }
+        TxStatus::InTransaction => {
+            if !batch.error {
+                tx_effects.extend(batch.effects);
+            }
+        }
+        TxStatus::Failed => {}
+    }
+    *committed = None;
+}
+
+pub(super) fn apply_effects(effects: &[Effect], f: &mut FinishCtx<'_>) {
+    for e in effects {
+        let before = f.params.fingerprint();
+        match e {
+            Effect::Pin(p) => {
+                if !f.pins.contains(p) {
+                    f.pins.push(*p);
+                    crate::metrics::pinned(p.as_str(), 1.0);
+                    tracing::debug!(pin = p.as_str(), "session pinned to its backend connection");
+                }
+            }
+            Effect::Unpin(p) => {
+                if let Some(i) = f.pins.iter().position(|x| x == p) {
+                    f.pins.remove(i);
+                    crate::metrics::pinned(p.as_str(), -1.0);
+                }
+            }
+            Effect::DiscardAll => {
+                for p in f.pins.drain(..) {
+                    crate::metrics::pinned(p.as_str(), -1.0);
+                }
+                f.statements.clear();
+                f.conn.prepared.clear();
+                f.params.apply(e);
+                f.conn.state_fp = 0;
+                continue;
+            }
+            Effect::DeallocateAll => {
+                f.statements.clear();
+                f.conn.prepared.clear();
+                continue;
+            }
+            Effect::ResetAll | Effect::Reset { .. } => {
+                f.params.apply(e);
+                // RESET returns the connection to its own defaults, not the client's startup
+                // values: mark it so the next use re-applies the session's settings.
+                f.conn.state_fp = 0;
+                continue;
+            }
+            Effect::Set { .. } => {}
+        }
+        if f.params.apply(e) && f.conn.state_fp == before {
+            f.conn.state_fp = f.params.fingerprint();
+        }
+    }
+}
+
+/// The SQLSTATE of an ErrorResponse body, without decoding the rest.
+fn error_code(body: &[u8]) -> &str {
+    let mut i = 0;
+    while i < body.len() && body[i] != 0 {
+        let code = body[i];
+        let start = i + 1;
+        let end = body[start..].iter().position(|&b| b == 0).map(|p| start + p).unwrap_or(body.len());
+        if code == b'C' {
+            return std::str::from_utf8(&body[start..end]).unwrap_or("");
+        }
+        i = end + 1;
+    }
+    ""
+}
