@@ -45,26 +45,67 @@ impl Error {
         use Error::*;
         let (fatal, code, message) = match self {
             ClientIo(_) | ClientGone => return None,
-            ClientProtocol(e) => (true, SqlState::PROTOCOL_VIOLATION, format!("invalid frontend message: {e}")),
-            NoUser => (true, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, self.to_string()),
+            ClientProtocol(e) => (
+                true,
+                SqlState::PROTOCOL_VIOLATION,
+                format!("invalid frontend message: {e}"),
+            ),
+            NoUser => (
+                true,
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                self.to_string(),
+            ),
             AuthFailed(_) => (true, SqlState::INVALID_PASSWORD, self.to_string()),
-            AuthQuery { user, .. } => (true, SqlState::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\"")),
+            AuthQuery { user, .. } => (
+                true,
+                SqlState::INVALID_PASSWORD,
+                format!("password authentication failed for user \"{user}\""),
+            ),
             UnknownDatabase(_) => (true, SqlState::INVALID_CATALOG_NAME, self.to_string()),
-            TlsRequired => (true, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, self.to_string()),
+            TlsRequired => (
+                true,
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                self.to_string(),
+            ),
             TooManyClients => (true, SqlState::TOO_MANY_CONNECTIONS, self.to_string()),
-            StartupTimeout => (true, SqlState::PROTOCOL_VIOLATION, "timeout while waiting for the startup packet and authentication".into()),
-            Shutdown => (true, SqlState::ADMIN_SHUTDOWN, "terminating connection: pgsplit is shutting down".into()),
+            StartupTimeout => (
+                true,
+                SqlState::PROTOCOL_VIOLATION,
+                "timeout while waiting for the startup packet and authentication".into(),
+            ),
+            Shutdown => (
+                true,
+                SqlState::ADMIN_SHUTDOWN,
+                "terminating connection: pgsplit is shutting down".into(),
+            ),
             Unsupported(m) => (true, SqlState::FEATURE_NOT_SUPPORTED, m.clone()),
-            BackendLost => (true, SqlState::CONNECTION_FAILURE, "pgsplit lost the connection to the database server".into()),
+            BackendLost => (
+                true,
+                SqlState::CONNECTION_FAILURE,
+                "pgsplit lost the connection to the database server".into(),
+            ),
             Pool(p) => return Some(pool_response(p)),
         };
-        let r = if fatal { ErrorResponse::fatal(code, message) } else { ErrorResponse::error(code, message) };
+        let r = if fatal {
+            ErrorResponse::fatal(code, message)
+        } else {
+            ErrorResponse::error(code, message)
+        };
         Some(r)
     }
 
     /// Whether the request may be retried on another backend (nothing reached the client).
     pub fn retryable(&self) -> bool {
-        matches!(self, Error::BackendLost | Error::Pool(PoolError::Connect(..) | PoolError::ConnectTimeout(_) | PoolError::Closed | PoolError::Io(_)))
+        matches!(
+            self,
+            Error::BackendLost
+                | Error::Pool(
+                    PoolError::Connect(..)
+                        | PoolError::ConnectTimeout(_)
+                        | PoolError::Closed
+                        | PoolError::Io(_)
+                )
+        )
     }
 }
 
@@ -118,8 +159,18 @@ mod tests {
         assert_eq!(code(Error::TooManyClients), Some("53300"));
         assert_eq!(code(Error::NoUser), Some("28000"));
         assert_eq!(code(Error::ClientGone), None);
-        assert_eq!(code(Error::Pool(PoolError::CheckoutTimeout(std::time::Duration::from_secs(1)))), Some("08006"));
-        let server = ErrorFields { fields: vec![(b'C', "3D000".into()), (b'M', "database \"x\" does not exist".into())] };
+        assert_eq!(
+            code(Error::Pool(PoolError::CheckoutTimeout(
+                std::time::Duration::from_secs(1)
+            ))),
+            Some("08006")
+        );
+        let server = ErrorFields {
+            fields: vec![
+                (b'C', "3D000".into()),
+                (b'M', "database \"x\" does not exist".into()),
+            ],
+        };
         let r = Error::Pool(PoolError::Server(server)).response().unwrap();
         assert_eq!(r.code, SqlState::INVALID_CATALOG_NAME);
         assert_eq!(r.message, "database \"x\" does not exist");

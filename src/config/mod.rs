@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use settings::{
-    AuthMethod, AuthSettings, BackendCredential, ClientSecret, NodeAddr, PoolMode, PoolSettings, ServerSettings,
-    Settings, Unlisted, UserAuth,
+    AuthMethod, AuthSettings, BackendCredential, ClientSecret, NodeAddr, PoolMode, PoolSettings,
+    ServerSettings, Settings, Unlisted, UserAuth,
 };
 
 /// Why a configuration was rejected. The message is shown to the operator as is.
@@ -29,7 +29,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid { key: key.into(), message: message.into() }
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -99,7 +102,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9930".into() }
+        AdminConfig {
+            listen: "127.0.0.1:9930".into(),
+        }
     }
 }
 
@@ -163,7 +168,8 @@ impl Default for AuthConfig {
             auth_user: String::new(),
             auth_password: String::new(),
             auth_database: String::new(),
-            auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1".into(),
+            auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
+                .into(),
         }
     }
 }
@@ -191,7 +197,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -234,12 +243,17 @@ impl Config {
         let mut b = config::Config::builder();
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Load(format!("configuration file {} does not exist", path.display())));
+                return Err(ConfigError::Load(format!(
+                    "configuration file {} does not exist",
+                    path.display()
+                )));
             }
             b = b.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        let vars: config::Map<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with("PGSPLIT_")).collect();
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("PGSPLIT_"))
+            .collect();
         b = b.add_source(
             config::Environment::with_prefix("PGSPLIT")
                 .prefix_separator("_")
@@ -251,7 +265,9 @@ impl Config {
                 .source(Some(vars)),
         );
         let built = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
-        built.try_deserialize::<Config>().map_err(|e| ConfigError::Load(e.to_string()))
+        built
+            .try_deserialize::<Config>()
+            .map_err(|e| ConfigError::Load(e.to_string()))
     }
 
     pub fn apply(&mut self, o: &Overrides) {

@@ -75,8 +75,14 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<ServerConn, PoolError> {
         let cred = self.credential.read().expect("credential lock").clone();
-        let conn =
-            ServerConn::connect(&self.key.node, &self.key.user, &self.key.database, &cred, self.connect_timeout).await;
+        let conn = ServerConn::connect(
+            &self.key.node,
+            &self.key.user,
+            &self.key.database,
+            &cred,
+            self.connect_timeout,
+        )
+        .await;
         match &conn {
             Ok(_) => tracing::debug!(pool = %self.key, "backend connection opened"),
             Err(e) => tracing::warn!(pool = %self.key, error = %e, "backend connection failed"),
@@ -121,7 +127,10 @@ pub struct PoolStatus {
 
 impl Pools {
     pub fn new(settings: PoolSettings) -> Arc<Self> {
-        Arc::new(Pools { settings, pools: Mutex::new(HashMap::new()) })
+        Arc::new(Pools {
+            settings,
+            pools: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -189,14 +198,21 @@ impl Pools {
     /// Closes idle connections past `idle_timeout` or `max_lifetime`, every few seconds,
     /// until `shutdown`.
     pub async fn reap(self: Arc<Self>, shutdown: CancellationToken) {
-        let period = (self.settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let period = (self.settings.idle_timeout / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let pools: Vec<Pool> = self.pools.lock().expect("pools lock").values().cloned().collect();
+            let pools: Vec<Pool> = self
+                .pools
+                .lock()
+                .expect("pools lock")
+                .values()
+                .cloned()
+                .collect();
             for p in pools {
                 let idle = self.settings.idle_timeout;
                 let life = self.settings.max_lifetime;
@@ -219,7 +235,9 @@ pub async fn checkout(pool: &Pool) -> Result<PooledConn, PoolError> {
         managed::PoolError::Timeout(managed::TimeoutType::Wait) => {
             PoolError::CheckoutTimeout(pool.timeouts().wait.unwrap_or_default())
         }
-        managed::PoolError::Timeout(_) => PoolError::ConnectTimeout(pool.manager().key.node.to_string()),
+        managed::PoolError::Timeout(_) => {
+            PoolError::ConnectTimeout(pool.manager().key.node.to_string())
+        }
         managed::PoolError::Backend(e) => e,
         managed::PoolError::Closed => PoolError::PoolClosed,
         managed::PoolError::NoRuntimeSpecified | managed::PoolError::PostCreateHook(_) => {

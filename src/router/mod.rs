@@ -61,9 +61,14 @@ impl Pin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// A session-level setting; `sql` replays it (the statement's own text).
-    Set { name: String, sql: String },
+    Set {
+        name: String,
+        sql: String,
+    },
     /// `RESET name`.
-    Reset { name: String },
+    Reset {
+        name: String,
+    },
     /// `RESET ALL`.
     ResetAll,
     /// `DISCARD ALL`: settings, prepared statements, pins — everything.

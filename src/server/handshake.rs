@@ -28,7 +28,11 @@ enum HandshakeError {
     Refused(&'static str),
 }
 
-async fn read_packet<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut, max: usize) -> Result<StartupPacket, HandshakeError> {
+async fn read_packet<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<StartupPacket, HandshakeError> {
     loop {
         if let Some(p) = StartupPacket::decode(buf, max)? {
             return Ok(p);
@@ -41,18 +45,28 @@ async fn read_packet<S: AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut, max: u
 
 async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, e: &HandshakeError) {
     let code = match e {
-        HandshakeError::Protocol(ProtocolError::UnsupportedProtocol { .. }) => SqlState::FEATURE_NOT_SUPPORTED,
+        HandshakeError::Protocol(ProtocolError::UnsupportedProtocol { .. }) => {
+            SqlState::FEATURE_NOT_SUPPORTED
+        }
         _ => SqlState::PROTOCOL_VIOLATION,
     };
     let msg = match e {
         HandshakeError::Protocol(p) => format!("invalid startup packet: {p}"),
         other => other.to_string(),
     };
-    let _ = s.write_all(&ErrorResponse::fatal(code, msg).to_bytes()).await;
+    let _ = s
+        .write_all(&ErrorResponse::fatal(code, msg).to_bytes())
+        .await;
 }
 
 /// Serves one TCP client from its first byte.
-pub async fn tcp(ctx: Arc<Context>, mut tcp: TcpStream, peer: String, tls: Option<TlsAcceptor>, permit: Option<OwnedSemaphorePermit>) {
+pub async fn tcp(
+    ctx: Arc<Context>,
+    mut tcp: TcpStream,
+    peer: String,
+    tls: Option<TlsAcceptor>,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     let _ = tcp.set_nodelay(true);
     let timeout = ctx.settings.server.startup_timeout;
     let max = ctx.settings.server.limits.max_startup;
@@ -66,7 +80,11 @@ pub async fn tcp(ctx: Arc<Context>, mut tcp: TcpStream, peer: String, tls: Optio
             Ok(StartupPacket::SslRequest) => {
                 if !buf.is_empty() {
                     // Bytes after SSLRequest, before the handshake, could be injected in the clear.
-                    refuse(&mut tcp, &HandshakeError::Refused("unencrypted data after SSL request")).await;
+                    refuse(
+                        &mut tcp,
+                        &HandshakeError::Refused("unencrypted data after SSL request"),
+                    )
+                    .await;
                     return;
                 }
                 match &tls {
@@ -106,7 +124,11 @@ pub async fn tcp(ctx: Arc<Context>, mut tcp: TcpStream, peer: String, tls: Optio
 }
 
 /// Serves a client over a Unix socket (no TLS there; SSLRequest gets `N`).
-pub async fn unix(ctx: Arc<Context>, mut s: tokio::net::UnixStream, permit: Option<OwnedSemaphorePermit>) {
+pub async fn unix(
+    ctx: Arc<Context>,
+    mut s: tokio::net::UnixStream,
+    permit: Option<OwnedSemaphorePermit>,
+) {
     let timeout = ctx.settings.server.startup_timeout;
     let max = ctx.settings.server.limits.max_startup;
     let mut buf = BytesMut::new();
@@ -126,8 +148,12 @@ pub async fn unix(ctx: Arc<Context>, mut s: tokio::net::UnixStream, permit: Opti
     startup(ctx, s, buf, first, "unix".into(), false, permit).await
 }
 
-async fn after_tls<S>(ctx: Arc<Context>, mut s: S, peer: String, permit: Option<OwnedSemaphorePermit>)
-where
+async fn after_tls<S>(
+    ctx: Arc<Context>,
+    mut s: S,
+    peer: String,
+    permit: Option<OwnedSemaphorePermit>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = ctx.settings.server.startup_timeout;
@@ -135,7 +161,11 @@ where
     let mut buf = BytesMut::new();
     let p = match tokio::time::timeout(timeout, read_packet(&mut s, &mut buf, max)).await {
         Ok(Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
-            return refuse(&mut s, &HandshakeError::Refused("encryption requested twice")).await
+            return refuse(
+                &mut s,
+                &HandshakeError::Refused("encryption requested twice"),
+            )
+            .await
         }
         Ok(Ok(p)) => p,
         Ok(Err(HandshakeError::Closed)) => return,
@@ -163,7 +193,9 @@ async fn startup<S>(
         }
         StartupPacket::Startup { params } => {
             if permit.is_none() {
-                let e = crate::error::Error::TooManyClients.response().expect("has a response");
+                let e = crate::error::Error::TooManyClients
+                    .response()
+                    .expect("has a response");
                 crate::metrics::login_failed(e.code.code());
                 let _ = s.write_all(&e.to_bytes()).await;
                 return;

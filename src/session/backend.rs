@@ -36,14 +36,21 @@ impl Session {
             }
             conn.state_fp = fp;
         }
-        self.cancel.slot.attach(CancelTarget { addr: conn.addr.clone(), pid: conn.pid, secret: conn.secret });
+        self.cancel.slot.attach(CancelTarget {
+            addr: conn.addr.clone(),
+            pid: conn.pid,
+            secret: conn.secret,
+        });
         self.backend = Some(Backend { conn, target });
         Ok(())
     }
 
     /// The ParameterStatus values the client is shown at startup.
     pub(super) fn reported_params(&self) -> Vec<(String, String)> {
-        self.backend.as_ref().map(|b| b.conn.params.clone()).unwrap_or_default()
+        self.backend
+            .as_ref()
+            .map(|b| b.conn.params.clone())
+            .unwrap_or_default()
     }
 
     /// Gives the backend connection back to its pool (it is idle and clean).
@@ -58,18 +65,26 @@ impl Session {
     /// At the end of the session: return the connection if it can be made clean, else close it.
     /// A query still running is cancelled first, so the server stops working for nobody.
     pub(super) async fn finish(&mut self) {
-        let Some(mut b) = self.backend.take() else { return };
-        let busy = !self.batches.is_empty() || self.batch_open || self.copy_in || !self.bout.is_empty();
+        let Some(mut b) = self.backend.take() else {
+            return;
+        };
+        let busy =
+            !self.batches.is_empty() || self.batch_open || self.copy_in || !self.bout.is_empty();
         if busy && !b.conn.broken {
-            crate::cancel::send_cancel(&CancelTarget { addr: b.conn.addr.clone(), pid: b.conn.pid, secret: b.conn.secret })
-                .await;
+            crate::cancel::send_cancel(&CancelTarget {
+                addr: b.conn.addr.clone(),
+                pid: b.conn.pid,
+                secret: b.conn.secret,
+            })
+            .await;
         }
         self.cancel.slot.detach().await;
         if busy || b.conn.broken {
             discard(b.conn);
             return;
         }
-        if self.tx != pgsplit_protocol::TxStatus::Idle && b.conn.execute("ROLLBACK").await.is_err() {
+        if self.tx != pgsplit_protocol::TxStatus::Idle && b.conn.execute("ROLLBACK").await.is_err()
+        {
             discard(b.conn);
             return;
         }

@@ -15,7 +15,10 @@ pub enum Expect {
     /// Earlier batches that were relayed untouched: pass until this many ReadyForQuery.
     Untracked(u32),
     /// ParseComplete; `swallow` for a Parse pgsplit injected; `id` is forgotten on error.
-    Parse { swallow: bool, id: Option<u64> },
+    Parse {
+        swallow: bool,
+        id: Option<u64>,
+    },
     Bind,
     DescribeStatement,
     DescribePortal,
@@ -29,7 +32,7 @@ pub enum Expect {
 }
 
 /// What to do with one backend message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Forward,
     Drop,
@@ -103,7 +106,9 @@ impl Expectations {
             }
             _ => {}
         }
-        let Some(head) = self.queue.front() else { return Action::Forward };
+        let Some(head) = self.queue.front() else {
+            return Action::Forward;
+        };
         match head {
             Expect::Untracked(_) => Action::Forward,
             _ if tag == b'E' => {
@@ -181,7 +186,13 @@ mod tests {
     fn skipped_parse_is_answered_in_place() {
         // Parse(existing) Describe(S) Bind Execute Sync: the Parse is not sent.
         let mut e = Expectations::default();
-        for x in [Expect::Synth(b'1'), Expect::DescribeStatement, Expect::Bind, Expect::Execute, Expect::Sync] {
+        for x in [
+            Expect::Synth(b'1'),
+            Expect::DescribeStatement,
+            Expect::Bind,
+            Expect::Execute,
+            Expect::Sync,
+        ] {
             e.push(x);
         }
         let (seen, _) = run(&mut e, b"tT2DDCZ");
@@ -192,7 +203,15 @@ mod tests {
     #[test]
     fn injected_parse_is_swallowed() {
         let mut e = Expectations::default();
-        for x in [Expect::Parse { swallow: true, id: Some(7) }, Expect::Bind, Expect::Execute, Expect::Sync] {
+        for x in [
+            Expect::Parse {
+                swallow: true,
+                id: Some(7),
+            },
+            Expect::Bind,
+            Expect::Execute,
+            Expect::Sync,
+        ] {
             e.push(x);
         }
         let (seen, forget) = run(&mut e, b"12CZ");
@@ -204,8 +223,14 @@ mod tests {
     fn error_skips_to_sync_and_forgets_unprepared() {
         let mut e = Expectations::default();
         for x in [
-            Expect::Parse { swallow: false, id: Some(1) },
-            Expect::Parse { swallow: false, id: Some(2) },
+            Expect::Parse {
+                swallow: false,
+                id: Some(1),
+            },
+            Expect::Parse {
+                swallow: false,
+                id: Some(2),
+            },
             Expect::Synth(b'3'),
             Expect::Bind,
             Expect::Sync,

@@ -8,7 +8,9 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use pgsplit_protocol::backend::encode_ready;
 use pgsplit_protocol::framing::{peek_header, FrameHeader};
-use pgsplit_protocol::frontend::{bind_statement, encode_parse, encode_target, rewrite_bind, Target as DescribeTarget};
+use pgsplit_protocol::frontend::{
+    bind_statement, encode_parse, encode_target, rewrite_bind, Target as DescribeTarget,
+};
 use pgsplit_protocol::{ErrorResponse, FrontendMessage, ProtocolError, Severity, SqlState};
 
 use super::expect::Expect;
@@ -37,7 +39,10 @@ impl Session {
     pub(super) async fn process_client(&mut self) -> Result<(), Error> {
         loop {
             let limits = self.limits;
-            let Some(h) = peek_header(&self.cin, |t| limits.frontend_cap(t)).map_err(protocol)? else { return Ok(()) };
+            let Some(h) = peek_header(&self.cin, |t| limits.frontend_cap(t)).map_err(protocol)?
+            else {
+                return Ok(());
+            };
             if self.cin.len() < h.total {
                 self.cin.reserve(h.total - self.cin.len());
                 return Ok(());
@@ -47,16 +52,15 @@ impl Session {
             }
             match h.tag {
                 b'Q' => self.simple_query(h).await?,
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {
-                    if !self.extended(h).await? {
-                        return Ok(());
-                    }
-                }
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => self.extended(h).await?,
                 b'd' | b'c' | b'f' => {
                     // Outside COPY the server ignores these; so does pgsplit.
                     let frame = self.cin.split_to(h.total);
                     if self.backend.is_some() {
                         self.bout.extend_from_slice(&frame);
+                    }
+                    if h.tag != b'd' && self.copy_sync_ignored {
+                        self.copy_ended = true;
                     }
                 }
                 b'F' => self.function_call(h).await?,
@@ -71,10 +75,17 @@ impl Session {
     }
 
     fn decide(&self, class: &Class) -> Route {
-        let view = policy::SessionView { tx: self.tx, pinned: !self.pins.is_empty() };
+        let view = policy::SessionView {
+            tx: self.tx,
+            pinned: !self.pins.is_empty(),
+        };
         let r = policy::route(class, &view);
         crate::metrics::routed(target_label(r.target), r.reason.as_str());
-        tracing::debug!(target = target_label(r.target), reason = r.reason.as_str(), "routed");
+        tracing::debug!(
+            target = target_label(r.target),
+            reason = r.reason.as_str(),
+            "routed"
+        );
         r
     }
 
@@ -93,7 +104,9 @@ impl Session {
 
     async fn simple_query(&mut self, h: FrameHeader) -> Result<(), Error> {
         let body = &self.cin[5..h.total];
-        let sql = body.strip_suffix(&[0]).ok_or(protocol(ProtocolError::MissingNul))?;
+        let sql = body
+            .strip_suffix(&[0])
+            .ok_or(protocol(ProtocolError::MissingNul))?;
         let class = match std::str::from_utf8(sql) {
             Ok(s) => self.classify(s),
             Err(_) => Arc::new(Class::new(Need::ParseError)),
@@ -109,6 +122,7 @@ impl Session {
         self.cin.advance(h.total);
         self.expect.untracked_sync();
         self.batches.push_back(Batch {
+            extended: false,
             effects: class.effects.clone(),
             error: false,
             started: Instant::now(),
@@ -128,7 +142,13 @@ impl Session {
         self.bout.extend_from_slice(&self.cin[..h.total]);
         self.cin.advance(h.total);
         self.expect.untracked_sync();
-        self.batches.push_back(Batch { effects: Vec::new(), error: false, started: Instant::now(), target: "primary" });
+        self.batches.push_back(Batch {
+            extended: false,
+            effects: Vec::new(),
+            error: false,
+            started: Instant::now(),
+            target: "primary",
+        });
         Ok(())
     }
 
@@ -142,31 +162,42 @@ impl Session {
         c
     }
 
-    /// Extended-protocol messages. Returns `false` when the batch must wait for more bytes.
-    async fn extended(&mut self, h: FrameHeader) -> Result<bool, Error> {
+    /// Extended-protocol messages.
+    async fn extended(&mut self, h: FrameHeader) -> Result<(), Error> {
+        if self.copy_sync_ignored && matches!(h.tag, b'S' | b'H') {
+            // Syncs during COPY FROM STDIN are ignored by the server; the first one after the
+            // copy ends completes the batch that started it.
+            let frame = self.cin.split_to(h.total);
+            self.bout.extend_from_slice(&frame);
+            if h.tag == b'S' && self.copy_ended {
+                self.copy_sync_ignored = false;
+                self.copy_ended = false;
+            }
+            return Ok(());
+        }
         if self.skip_until_sync {
             if h.tag != b'S' {
                 self.cin.advance(h.total);
-                return Ok(true);
+                return Ok(());
             }
             self.skip_until_sync = false;
             if self.backend.is_none() {
                 self.cin.advance(h.total);
                 encode_ready(&mut self.cout, self.tx);
-                return Ok(true);
+                return Ok(());
             }
         } else if !self.batch_open {
-            let end = match self.batch_end() {
-                Some(end) => end,
-                None if self.cin.len() < MAX_BATCH_LOOKAHEAD => return Ok(false),
-                None => self.cin.len(),
-            };
+            // Route on the whole batch when it is here; a client may also wait for answers
+            // before sending its Sync (COPY FROM STDIN in the extended protocol does), so
+            // otherwise route on the complete frames at hand and keep the rest of the batch
+            // on the same backend.
+            let end = self.batch_end();
             let class = self.batch_class(end)?;
             let route = self.decide(&class);
             if let Err(e) = self.attach(route.target).await {
                 self.request_failed(e)?;
                 self.skip_until_sync = true;
-                return Ok(true);
+                return Ok(());
             }
             self.tracking = self.needs_tracking(end)?;
             self.batch_open = true;
@@ -175,29 +206,41 @@ impl Session {
         self.forward_extended(h)
     }
 
-    /// Where the batch at the head of the input ends (after its Sync or Flush), if it is there.
-    fn batch_end(&self) -> Option<usize> {
+    /// Where the batch at the head of the input ends: after its Sync or Flush, or after the last
+    /// complete extended-protocol frame buffered.
+    fn batch_end(&self) -> usize {
         let limits = self.limits;
         let mut at = 0;
-        while let Ok(Some(h)) = peek_header(&self.cin[at..], |t| limits.frontend_cap(t)) {
+        while at < MAX_BATCH_LOOKAHEAD {
+            let Ok(Some(h)) = peek_header(&self.cin[at..], |t| limits.frontend_cap(t)) else {
+                break;
+            };
             if self.cin.len() < at + h.total {
-                return None;
+                break;
             }
             match h.tag {
-                b'S' | b'H' => return Some(at + h.total),
+                b'S' | b'H' => return at + h.total,
                 b'P' | b'B' | b'D' | b'E' | b'C' => at += h.total,
-                _ => return Some(at),
+                _ => break,
             }
         }
-        None
+        at
     }
 
     /// Calls `f` with the tag and body of each frame in `cin[..end]`.
-    fn frames(&self, end: usize, mut f: impl FnMut(u8, &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+    fn frames(
+        &self,
+        end: usize,
+        mut f: impl FnMut(u8, &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let limits = self.limits;
         let mut at = 0;
         while at < end {
-            let Some(h) = peek_header(&self.cin[at..end], |t| limits.frontend_cap(t)).map_err(protocol)? else { break };
+            let Some(h) =
+                peek_header(&self.cin[at..end], |t| limits.frontend_cap(t)).map_err(protocol)?
+            else {
+                break;
+            };
             if at + h.total > end {
                 break;
             }
@@ -222,7 +265,9 @@ impl Session {
         self.frames(end, |tag, body| {
             match tag {
                 b'P' => {
-                    let FrontendMessage::Parse { name, sql, .. } = FrontendMessage::decode(tag, body).map_err(protocol)? else {
+                    let FrontendMessage::Parse { name, sql, .. } =
+                        FrontendMessage::decode(tag, body).map_err(protocol)?
+                    else {
                         unreachable!("a P frame decodes to Parse")
                     };
                     let c = self.classify(&sql);
@@ -233,7 +278,11 @@ impl Session {
                 }
                 b'B' => {
                     let (_, stmt, _) = bind_statement(body).map_err(protocol)?;
-                    let c = if stmt.is_empty() { unnamed.clone() } else { self.statements.get(stmt).map(|s| s.class.clone()) };
+                    let c = if stmt.is_empty() {
+                        unnamed.clone()
+                    } else {
+                        self.statements.get(stmt).map(|s| s.class.clone())
+                    };
                     match c {
                         Some(c) => add(&c, &mut class),
                         None => class.require(Need::Unknown),
@@ -248,10 +297,12 @@ impl Session {
 
     /// Whether the batch needs response bookkeeping (pgsplit answers or adds messages).
     fn needs_tracking(&self, end: usize) -> Result<bool, Error> {
-        let Some(b) = self.backend.as_ref() else { return Ok(false) };
+        let Some(b) = self.backend.as_ref() else {
+            return Ok(false);
+        };
         let conn_id = (b.target, b.conn.pid);
-        let mut unnamed_here =
-            self.unnamed.as_ref().is_some_and(|u| u.2 == conn_id.1) && self.unnamed_target == Some(conn_id.0);
+        let mut unnamed_here = self.unnamed.as_ref().is_some_and(|u| u.2 == conn_id.1)
+            && self.unnamed_target == Some(conn_id.0);
         let mut track = false;
         let mut last = 0u8;
         self.frames(end, |tag, body| {
@@ -293,7 +344,8 @@ impl Session {
             }
             Ok(())
         })?;
-        Ok(track || last == b'H')
+        // A batch routed before its Sync arrived is tracked: its rest may need rewriting.
+        Ok(track || last != b'S')
     }
 
     fn track(&mut self, e: Expect) {
@@ -306,8 +358,16 @@ impl Session {
     fn ensure_prepared(&mut self, stmt: &Statement) {
         let conn = &mut self.backend.as_mut().expect("attached").conn;
         if conn.prepared.insert(stmt.id) {
-            encode_parse(&mut self.bout, &stmt.backend_name, &stmt.sql, &stmt.param_types);
-            self.track(Expect::Parse { swallow: true, id: Some(stmt.id) });
+            encode_parse(
+                &mut self.bout,
+                &stmt.backend_name,
+                &stmt.sql,
+                &stmt.param_types,
+            );
+            self.track(Expect::Parse {
+                swallow: true,
+                id: Some(stmt.id),
+            });
         }
     }
 
@@ -320,17 +380,24 @@ impl Session {
                 encode_parse(&mut self.bout, "", sql, types);
                 *on = pid;
                 self.unnamed_target = Some(target);
-                self.track(Expect::Parse { swallow: true, id: None });
+                self.track(Expect::Parse {
+                    swallow: true,
+                    id: None,
+                });
             }
         }
     }
 
-    fn forward_extended(&mut self, h: FrameHeader) -> Result<bool, Error> {
+    fn forward_extended(&mut self, h: FrameHeader) -> Result<(), Error> {
         let frame: BytesMut = self.cin.split_to(h.total);
         let body = &frame[5..];
         match h.tag {
             b'P' => {
-                let FrontendMessage::Parse { name, sql, param_types } = FrontendMessage::decode(b'P', body).map_err(protocol)?
+                let FrontendMessage::Parse {
+                    name,
+                    sql,
+                    param_types,
+                } = FrontendMessage::decode(b'P', body).map_err(protocol)?
                 else {
                     unreachable!("a P frame decodes to Parse")
                 };
@@ -341,7 +408,10 @@ impl Session {
                     self.unnamed = Some((sql, param_types, pid));
                     self.unnamed_target = Some(target);
                     self.bout.extend_from_slice(&frame);
-                    self.track(Expect::Parse { swallow: false, id: None });
+                    self.track(Expect::Parse {
+                        swallow: false,
+                        id: None,
+                    });
                 } else if self.statements.contains_key(&name) {
                     let e = ErrorResponse::error(
                         SqlState::DUPLICATE_PREPARED_STATEMENT,
@@ -352,12 +422,22 @@ impl Session {
                     self.skip_until_sync = true;
                 } else {
                     let ctx = self.ctx.clone();
-                    let stmt = ctx.statements.intern(&sql, &param_types, |s| self.classify(s));
+                    let stmt = ctx
+                        .statements
+                        .intern(&sql, &param_types, |s| self.classify(s));
                     self.statements.insert(name, stmt.clone());
                     let conn = &mut self.backend.as_mut().expect("attached").conn;
                     if conn.prepared.insert(stmt.id) {
-                        encode_parse(&mut self.bout, &stmt.backend_name, &stmt.sql, &stmt.param_types);
-                        self.expect.push(Expect::Parse { swallow: false, id: Some(stmt.id) });
+                        encode_parse(
+                            &mut self.bout,
+                            &stmt.backend_name,
+                            &stmt.sql,
+                            &stmt.param_types,
+                        );
+                        self.expect.push(Expect::Parse {
+                            swallow: false,
+                            id: Some(stmt.id),
+                        });
                     } else {
                         self.expect.push(Expect::Synth(b'1'));
                     }
@@ -381,7 +461,9 @@ impl Session {
                 self.track(Expect::Bind);
             }
             b'D' => {
-                let FrontendMessage::Describe { kind, name } = FrontendMessage::decode(b'D', body).map_err(protocol)? else {
+                let FrontendMessage::Describe { kind, name } =
+                    FrontendMessage::decode(b'D', body).map_err(protocol)?
+                else {
                     unreachable!("a D frame decodes to Describe")
                 };
                 match kind {
@@ -395,7 +477,12 @@ impl Session {
                             self.bout.extend_from_slice(&frame);
                         } else if let Some(stmt) = self.statements.get(&name).cloned() {
                             self.ensure_prepared(&stmt);
-                            encode_target(&mut self.bout, b'D', DescribeTarget::Statement, &stmt.backend_name);
+                            encode_target(
+                                &mut self.bout,
+                                b'D',
+                                DescribeTarget::Statement,
+                                &stmt.backend_name,
+                            );
                         } else {
                             self.bout.extend_from_slice(&frame);
                         }
@@ -408,7 +495,9 @@ impl Session {
                 self.track(Expect::Execute);
             }
             b'C' => {
-                let FrontendMessage::Close { kind, name } = FrontendMessage::decode(b'C', body).map_err(protocol)? else {
+                let FrontendMessage::Close { kind, name } =
+                    FrontendMessage::decode(b'C', body).map_err(protocol)?
+                else {
                     unreachable!("a C frame decodes to Close")
                 };
                 if kind == DescribeTarget::Statement && !name.is_empty() {
@@ -428,13 +517,22 @@ impl Session {
                 } else {
                     self.expect.untracked_sync();
                 }
-                let (started, target) = self.batch_started.take().unwrap_or((Instant::now(), "primary"));
-                self.batches.push_back(Batch { effects: std::mem::take(&mut self.open_effects), error: false, started, target });
+                let (started, target) = self
+                    .batch_started
+                    .take()
+                    .unwrap_or((Instant::now(), "primary"));
+                self.batches.push_back(Batch {
+                    extended: true,
+                    effects: std::mem::take(&mut self.open_effects),
+                    error: false,
+                    started,
+                    target,
+                });
                 self.batch_open = false;
                 self.tracking = false;
             }
             _ => unreachable!("only extended-protocol frames come here"),
         }
-        Ok(true)
+        Ok(())
     }
 }

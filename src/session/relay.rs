@@ -34,6 +34,8 @@ pub(super) struct Backend {
 
 /// What happened to one batch (a simple Query, or extended messages up to Sync).
 pub(super) struct Batch {
+    /// Extended protocol (ended by Sync) rather than a simple Query.
+    pub extended: bool,
     pub effects: Vec<Effect>,
     pub error: bool,
     pub started: Instant,
@@ -68,6 +70,12 @@ pub struct Session {
     pub(super) expect: Expectations,
     /// The backend is in COPY FROM STDIN.
     pub(super) copy_in: bool,
+    /// A COPY FROM STDIN started by an extended batch whose Sync was already sent: the backend
+    /// ignores Syncs until the copy ends, so the first Sync after CopyDone/CopyFail stands in
+    /// for that batch's Sync.
+    pub(super) copy_sync_ignored: bool,
+    /// The client has ended that copy (CopyDone/CopyFail).
+    pub(super) copy_ended: bool,
 
     pub(super) params: SessionParams,
     pub(super) pins: Vec<Pin>,
@@ -125,6 +133,8 @@ impl Session {
             skip_until_sync: false,
             expect: Expectations::default(),
             copy_in: false,
+            copy_sync_ignored: false,
+            copy_ended: false,
             params,
             pins: Vec::new(),
             tx_effects: Vec::new(),
@@ -164,7 +174,9 @@ impl Session {
             }
         }
         if !self.cout.is_empty() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cw.write_all(&self.cout)).await;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), cw.write_all(&self.cout))
+                    .await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cw.shutdown()).await;
         self.finish().await;
@@ -191,10 +203,19 @@ impl Session {
                 return Ok(());
             }
             let shutdown = self.ctx.shutdown.clone();
-            let read_client =
-                !client_eof && !self.terminated && self.bout.len() < HIGH_WATER && !self.skip_client_reads();
+            let read_client = !client_eof
+                && !self.terminated
+                && self.bout.len() < HIGH_WATER
+                && !self.skip_client_reads();
             let ev = {
-                let Session { cout, bout, cin, backend, draining, .. } = &mut *self;
+                let Session {
+                    cout,
+                    bout,
+                    cin,
+                    backend,
+                    draining,
+                    ..
+                } = &mut *self;
                 let (mut br, mut bw, brbuf) = match backend.as_mut() {
                     Some(b) => {
                         let c = &mut *b.conn;
@@ -251,7 +272,11 @@ impl Session {
 
     fn skip_client_reads(&self) -> bool {
         // Enough is buffered to work with; wait until it has been sent on.
-        self.cin.len() >= HIGH_WATER && peek_header(&self.cin, |t| self.limits.frontend_cap(t)).ok().flatten().is_some_and(|h| h.total <= self.cin.len())
+        self.cin.len() >= HIGH_WATER
+            && peek_header(&self.cin, |t| self.limits.frontend_cap(t))
+                .ok()
+                .flatten()
+                .is_some_and(|h| h.total <= self.cin.len())
     }
 
     fn idle_for_shutdown(&self) -> bool {
@@ -276,7 +301,9 @@ impl Session {
 
     /// Handles every complete backend frame buffered so far.
     pub(super) fn process_backend(&mut self) -> Result<(), Error> {
-        let Some(b) = self.backend.as_mut() else { return Ok(()) };
+        let Some(b) = self.backend.as_mut() else {
+            return Ok(());
+        };
         let mut forget = Vec::new();
         loop {
             let conn = &mut *b.conn;
@@ -293,7 +320,7 @@ impl Session {
                 break;
             }
             let mut action = Action::Forward;
-            if !self.expect.is_empty() {
+            if !self.expect.is_empty() || h.tag == b'Z' {
                 self.expect.drain_synthetic(&mut self.cout);
                 action = self.expect.on_backend(h.tag, &mut forget);
                 for id in forget.drain(..) {
@@ -301,19 +328,32 @@ impl Session {
                 }
             }
             let body = &conn.rbuf[5..h.total];
+            tracing::trace!(tag = %(h.tag as char), len = h.total, ?action, "backend message");
             match h.tag {
                 b'Z' => {
-                    let status = body.first().and_then(|b| TxStatus::from_byte(*b).ok()).ok_or(Error::BackendLost)?;
+                    let status = body
+                        .first()
+                        .and_then(|b| TxStatus::from_byte(*b).ok())
+                        .ok_or(Error::BackendLost)?;
                     self.tx = status;
                     self.copy_in = false;
                     if let Some(batch) = self.batches.pop_front() {
-                        crate::metrics::query_duration(batch.target, batch.started.elapsed().as_secs_f64());
-                        finish_batch(batch, status, &mut self.tx_effects, &mut self.tx_committed, &mut FinishCtx {
-                            params: &mut self.params,
-                            pins: &mut self.pins,
-                            statements: &mut self.statements,
-                            conn,
-                        });
+                        crate::metrics::query_duration(
+                            batch.target,
+                            batch.started.elapsed().as_secs_f64(),
+                        );
+                        finish_batch(
+                            batch,
+                            status,
+                            &mut self.tx_effects,
+                            &mut self.tx_committed,
+                            &mut FinishCtx {
+                                params: &mut self.params,
+                                pins: &mut self.pins,
+                                statements: &mut self.statements,
+                                conn,
+                            },
+                        );
                     }
                 }
                 b'E' => {
@@ -334,11 +374,19 @@ impl Session {
                     }
                 }
                 b'S' => {
-                    if let Ok(BackendMessage::ParameterStatus { name, value }) = BackendMessage::decode(h.tag, body) {
+                    if let Ok(BackendMessage::ParameterStatus { name, value }) =
+                        BackendMessage::decode(h.tag, body)
+                    {
                         conn.set_param(name, value);
                     }
                 }
-                b'G' => self.copy_in = true,
+                b'G' => {
+                    self.copy_in = true;
+                    if !self.batch_open && self.batches.front().is_some_and(|b| b.extended) {
+                        self.copy_sync_ignored = true;
+                        self.copy_ended = false;
+                    }
+                }
                 _ => {}
             }
             if action == Action::Forward {
@@ -452,7 +500,11 @@ fn error_code(body: &[u8]) -> &str {
     while i < body.len() && body[i] != 0 {
         let code = body[i];
         let start = i + 1;
-        let end = body[start..].iter().position(|&b| b == 0).map(|p| start + p).unwrap_or(body.len());
+        let end = body[start..]
+            .iter()
+            .position(|&b| b == 0)
+            .map(|p| start + p)
+            .unwrap_or(body.len());
         if code == b'C' {
             return std::str::from_utf8(&body[start..end]).unwrap_or("");
         }

@@ -1,0 +1,205 @@
+//! Shared test harness: a real primary + replicas from `scripts/cluster.sh`, and pgsplit started
+//! in-process on free ports.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgsplit::config::{Config, Settings, UserConfig};
+use pgsplit::server::Server;
+use tokio_util::sync::CancellationToken;
+
+pub const PRIMARY_PORT: u16 = 15432;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the shared test cluster once per test process (idempotent; serialized by a lock
+/// file across the processes nextest runs in parallel).
+pub fn cluster() {
+    static UP: OnceLock<()> = OnceLock::new();
+    UP.get_or_init(|| {
+        let out = Command::new("flock")
+            .arg("/tmp/pgsplit-test-cluster.lock")
+            .arg(repo().join("scripts/cluster.sh"))
+            .arg("up")
+            .output()
+            .expect("run scripts/cluster.sh");
+        assert!(
+            out.status.success(),
+            "cluster.sh up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// A configuration for the shared cluster: user `app` (password `app`), any database.
+pub fn config() -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.admin.listen = "127.0.0.1:0".into();
+    c.server.shutdown_timeout = Duration::from_secs(5);
+    c.cluster.primary = format!("127.0.0.1:{PRIMARY_PORT}");
+    c.cluster.replicas = vec![
+        format!("127.0.0.1:{}", PRIMARY_PORT + 1),
+        format!("127.0.0.1:{}", PRIMARY_PORT + 2),
+    ];
+    c.users.push(UserConfig {
+        name: "app".into(),
+        password: "app".into(),
+        ..Default::default()
+    });
+    c
+}
+
+/// pgsplit running in this test's runtime.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub shutdown: CancellationToken,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(config: Config) -> Proxy {
+        cluster();
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+        let settings = Settings::validate(config).expect("valid test config");
+        let server = Server::bind(settings).await.expect("bind");
+        let addr = server.local_addr();
+        let admin = server.admin_addr();
+        let shutdown = server.shutdown_token();
+        let handle = tokio::spawn(server.serve());
+        Proxy {
+            addr,
+            admin,
+            shutdown,
+            handle,
+        }
+    }
+
+    pub async fn default() -> Proxy {
+        Proxy::start(config()).await
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// A libpq-style connection string for `user`/`password` to `db` through pgsplit.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{db}",
+            self.port()
+        )
+    }
+
+    pub fn app_url(&self) -> String {
+        self.url("app", "app", "app")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+}
+
+/// A tokio-postgres client through pgsplit (its connection task runs in the background).
+pub async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect through pgsplit");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+pub async fn try_pg(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A direct connection to the primary as the superuser.
+pub async fn primary_admin() -> tokio_postgres::Client {
+    cluster();
+    pg(&format!(
+        "postgres://postgres:postgres@127.0.0.1:{PRIMARY_PORT}/app"
+    ))
+    .await
+}
+
+/// Runs psql against pgsplit and returns (success, stdout, stderr).
+pub fn psql(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            user,
+            "-d",
+            db,
+        ])
+        .args(args)
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A unique name for a test's table.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The SQLSTATE of a tokio-postgres error.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// `n` tokio-postgres clients through pgsplit.
+pub async fn pgs(url: &str, n: usize) -> Vec<tokio_postgres::Client> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(pg(url).await);
+    }
+    v
+}
