@@ -74,11 +74,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry
-            .slots
-            .lock()
-            .expect("cancel registry")
-            .remove(&self.slot.pid);
+        self.registry.slots.lock().expect("cancel registry").remove(&self.slot.pid);
     }
 }
 
@@ -104,29 +100,17 @@ impl CancelRegistry {
                 delivered: Notify::new(),
             });
             slots.insert(pid, slot.clone());
-            return Registration {
-                registry: self.clone(),
-                slot,
-            };
+            return Registration { registry: self.clone(), slot };
         }
     }
 
     /// Handles a CancelRequest: if the key matches a session that is running a query, cancel
     /// that query on its backend. Unknown or wrong keys are ignored, as PostgreSQL does.
     pub async fn cancel(&self, pid: i32, secret: i32) -> bool {
-        let Some(slot) = self
-            .slots
-            .lock()
-            .expect("cancel registry")
-            .get(&pid)
-            .cloned()
-        else {
+        let Some(slot) = self.slots.lock().expect("cancel registry").get(&pid).cloned() else {
             return false;
         };
-        if !pgsplit_protocol::auth::constant_time_eq(
-            &slot.secret.to_be_bytes(),
-            &secret.to_be_bytes(),
-        ) {
+        if !pgsplit_protocol::auth::constant_time_eq(&slot.secret.to_be_bytes(), &secret.to_be_bytes()) {
             return false;
         }
         let target = {
@@ -158,18 +142,11 @@ pub async fn send_cancel(target: &CancelTarget) -> bool {
     let fut = async {
         let mut s = TcpStream::connect((target.addr.host.as_str(), target.addr.port)).await?;
         let mut b = BytesMut::new();
-        StartupPacket::CancelRequest {
-            pid: target.pid,
-            secret: target.secret,
-        }
-        .encode(&mut b);
+        StartupPacket::CancelRequest { pid: target.pid, secret: target.secret }.encode(&mut b);
         s.write_all(&b).await?;
         let mut sink = [0u8; 16];
         let _ = tokio::io::AsyncReadExt::read(&mut s, &mut sink).await;
         Ok::<_, std::io::Error>(())
     };
-    matches!(
-        tokio::time::timeout(std::time::Duration::from_secs(5), fut).await,
-        Ok(Ok(()))
-    )
+    matches!(tokio::time::timeout(std::time::Duration::from_secs(5), fut).await, Ok(Ok(())))
 }

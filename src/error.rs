@@ -45,52 +45,28 @@ impl Error {
         use Error::*;
         let (fatal, code, message) = match self {
             ClientIo(_) | ClientGone => return None,
-            ClientProtocol(e) => (
-                true,
-                SqlState::PROTOCOL_VIOLATION,
-                format!("invalid frontend message: {e}"),
-            ),
-            NoUser => (
-                true,
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                self.to_string(),
-            ),
+            ClientProtocol(e) => (true, SqlState::PROTOCOL_VIOLATION, format!("invalid frontend message: {e}")),
+            NoUser => (true, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, self.to_string()),
             AuthFailed(_) => (true, SqlState::INVALID_PASSWORD, self.to_string()),
-            AuthQuery { user, .. } => (
-                true,
-                SqlState::INVALID_PASSWORD,
-                format!("password authentication failed for user \"{user}\""),
-            ),
+            AuthQuery { user, .. } => {
+                (true, SqlState::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""))
+            }
             UnknownDatabase(_) => (true, SqlState::INVALID_CATALOG_NAME, self.to_string()),
-            TlsRequired => (
-                true,
-                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-                self.to_string(),
-            ),
+            TlsRequired => (true, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, self.to_string()),
             TooManyClients => (true, SqlState::TOO_MANY_CONNECTIONS, self.to_string()),
             StartupTimeout => (
                 true,
                 SqlState::PROTOCOL_VIOLATION,
                 "timeout while waiting for the startup packet and authentication".into(),
             ),
-            Shutdown => (
-                true,
-                SqlState::ADMIN_SHUTDOWN,
-                "terminating connection: pgsplit is shutting down".into(),
-            ),
+            Shutdown => (true, SqlState::ADMIN_SHUTDOWN, "terminating connection: pgsplit is shutting down".into()),
             Unsupported(m) => (true, SqlState::FEATURE_NOT_SUPPORTED, m.clone()),
-            BackendLost => (
-                true,
-                SqlState::CONNECTION_FAILURE,
-                "pgsplit lost the connection to the database server".into(),
-            ),
+            BackendLost => {
+                (true, SqlState::CONNECTION_FAILURE, "pgsplit lost the connection to the database server".into())
+            }
             Pool(p) => return Some(pool_response(p)),
         };
-        let r = if fatal {
-            ErrorResponse::fatal(code, message)
-        } else {
-            ErrorResponse::error(code, message)
-        };
+        let r = if fatal { ErrorResponse::fatal(code, message) } else { ErrorResponse::error(code, message) };
         Some(r)
     }
 
@@ -100,10 +76,7 @@ impl Error {
             self,
             Error::BackendLost
                 | Error::Pool(
-                    PoolError::Connect(..)
-                        | PoolError::ConnectTimeout(_)
-                        | PoolError::Closed
-                        | PoolError::Io(_)
+                    PoolError::Connect(..) | PoolError::ConnectTimeout(_) | PoolError::Closed | PoolError::Io(_)
                 )
         )
     }
@@ -133,9 +106,10 @@ fn pool_response(p: &PoolError) -> ErrorResponse {
             format!("pgsplit: no server connection became free within {} ms (pool.checkout_timeout)", d.as_millis()),
         )
         .with_hint("raise pool.size or pool.checkout_timeout, or look for long transactions in SHOW CLIENTS"),
-        PoolError::Auth(_) | PoolError::NoCredential(_) => {
-            ErrorResponse::fatal(SqlState::INVALID_PASSWORD, format!("pgsplit could not log in to the database server: {p}"))
-        }
+        PoolError::Auth(_) | PoolError::NoCredential(_) => ErrorResponse::fatal(
+            SqlState::INVALID_PASSWORD,
+            format!("pgsplit could not log in to the database server: {p}"),
+        ),
         PoolError::Connect(..) | PoolError::ConnectTimeout(_) | PoolError::Closed | PoolError::Io(_) => {
             ErrorResponse::error(SqlState::CONNECTION_FAILURE, format!("pgsplit: {p}"))
         }
@@ -159,18 +133,9 @@ mod tests {
         assert_eq!(code(Error::TooManyClients), Some("53300"));
         assert_eq!(code(Error::NoUser), Some("28000"));
         assert_eq!(code(Error::ClientGone), None);
-        assert_eq!(
-            code(Error::Pool(PoolError::CheckoutTimeout(
-                std::time::Duration::from_secs(1)
-            ))),
-            Some("08006")
-        );
-        let server = ErrorFields {
-            fields: vec![
-                (b'C', "3D000".into()),
-                (b'M', "database \"x\" does not exist".into()),
-            ],
-        };
+        assert_eq!(code(Error::Pool(PoolError::CheckoutTimeout(std::time::Duration::from_secs(1)))), Some("08006"));
+        let server =
+            ErrorFields { fields: vec![(b'C', "3D000".into()), (b'M', "database \"x\" does not exist".into())] };
         let r = Error::Pool(PoolError::Server(server)).response().unwrap();
         assert_eq!(r.code, SqlState::INVALID_CATALOG_NAME);
         assert_eq!(r.message, "database \"x\" does not exist");

@@ -3,9 +3,7 @@
 
 use std::sync::OnceLock;
 
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
-};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const CLIENT_CONNECTIONS: &str = "pgsplit_client_connections";
@@ -28,8 +26,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0,
                 ])
                 .expect("static buckets")
                 .install_recorder()
@@ -43,38 +41,15 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_gauge!(CLIENT_CONNECTIONS, "Client connections open now");
     describe_counter!(CLIENT_CONNECTIONS_TOTAL, "Client connections accepted");
-    describe_counter!(
-        CLIENT_LOGIN_FAILURES_TOTAL,
-        "Client logins refused, by SQLSTATE"
-    );
-    describe_counter!(
-        QUERIES_ROUTED_TOTAL,
-        "Statement batches routed, by target and reason"
-    );
-    describe_histogram!(
-        QUERY_DURATION_SECONDS,
-        Unit::Seconds,
-        "Time from a batch's first byte to its ReadyForQuery"
-    );
+    describe_counter!(CLIENT_LOGIN_FAILURES_TOTAL, "Client logins refused, by SQLSTATE");
+    describe_counter!(QUERIES_ROUTED_TOTAL, "Statement batches routed, by target and reason");
+    describe_histogram!(QUERY_DURATION_SECONDS, Unit::Seconds, "Time from a batch's first byte to its ReadyForQuery");
     describe_counter!(ERRORS_TOTAL, "Errors sent to clients, by SQLSTATE class");
-    describe_gauge!(
-        POOL_CONNECTIONS,
-        "Backend connections per pool and state (active, idle)"
-    );
-    describe_gauge!(
-        POOL_WAITING,
-        "Clients waiting for a backend connection, per pool"
-    );
-    describe_histogram!(
-        POOL_CHECKOUT_SECONDS,
-        Unit::Seconds,
-        "Time to check out a backend connection"
-    );
+    describe_gauge!(POOL_CONNECTIONS, "Backend connections per pool and state (active, idle)");
+    describe_gauge!(POOL_WAITING, "Clients waiting for a backend connection, per pool");
+    describe_histogram!(POOL_CHECKOUT_SECONDS, Unit::Seconds, "Time to check out a backend connection");
     describe_gauge!(SESSIONS_PINNED, "Sessions pinned to one backend, by reason");
-    describe_counter!(
-        CLASSIFICATIONS_TOTAL,
-        "Statement classifications, by source (fast, cache, parse)"
-    );
+    describe_counter!(CLASSIFICATIONS_TOTAL, "Statement classifications, by source (fast, cache, parse)");
 }
 
 pub fn client_connected() {
@@ -119,11 +94,7 @@ pub fn classified(source: &'static str) {
 /// Publishes pool gauges from a status snapshot (called when /metrics is scraped).
 pub fn pools(status: &[crate::pool::PoolStatus]) {
     for p in status {
-        let labels = [
-            ("node", p.node.clone()),
-            ("user", p.user.clone()),
-            ("database", p.database.clone()),
-        ];
+        let labels = [("node", p.node.clone()), ("user", p.user.clone()), ("database", p.database.clone())];
         let mut with_state = labels.to_vec();
         with_state.push(("state", "active".into()));
         gauge!(POOL_CONNECTIONS, &with_state).set(p.active as f64);

@@ -36,18 +36,10 @@ const MAX_STATEMENTS: usize = 100_000;
 
 impl StatementRegistry {
     pub fn new() -> Self {
-        StatementRegistry {
-            map: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(1),
-        }
+        StatementRegistry { map: Mutex::new(HashMap::new()), next: AtomicU64::new(1) }
     }
 
-    pub fn intern(
-        &self,
-        sql: &str,
-        param_types: &[u32],
-        classify: impl FnOnce(&str) -> ClassRef,
-    ) -> Arc<Statement> {
+    pub fn intern(&self, sql: &str, param_types: &[u32], classify: impl FnOnce(&str) -> ClassRef) -> Arc<Statement> {
         let mut map = self.map.lock().expect("statement registry");
         if let Some(s) = map.get(&(sql.to_owned(), param_types.to_vec())) {
             return s.clone();

@@ -16,15 +16,21 @@ async fn psql_simple_and_multi_statement() {
     let port = p.port();
     let t = unique("psql");
     let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        psql(port, "app", "app", "app", &[
-            "-At",
-            "-c",
-            &format!("CREATE TABLE {t} (id int primary key, v text); INSERT INTO {t} VALUES (1, 'a'), (2, 'b');"),
-            "-c",
-            &format!("SELECT count(*) FROM {t}; SELECT v FROM {t} ORDER BY id"),
-            "-c",
-            &format!("DROP TABLE {t}"),
-        ])
+        psql(
+            port,
+            "app",
+            "app",
+            "app",
+            &[
+                "-At",
+                "-c",
+                &format!("CREATE TABLE {t} (id int primary key, v text); INSERT INTO {t} VALUES (1, 'a'), (2, 'b');"),
+                "-c",
+                &format!("SELECT count(*) FROM {t}; SELECT v FROM {t} ORDER BY id"),
+                "-c",
+                &format!("DROP TABLE {t}"),
+            ],
+        )
     })
     .await
     .unwrap();
@@ -38,10 +44,7 @@ async fn tokio_postgres_extended_and_pipelined() {
     let p = Proxy::default().await;
     let c = pg(&p.app_url()).await;
     // extended protocol with parameters and types
-    let row = c
-        .query_one("SELECT $1::int + 1 AS n, $2::text AS s", &[&41i32, &"hi"])
-        .await
-        .unwrap();
+    let row = c.query_one("SELECT $1::int + 1 AS n, $2::text AS s", &[&41i32, &"hi"]).await.unwrap();
     assert_eq!(row.get::<_, i32>("n"), 42);
     assert_eq!(row.get::<_, &str>("s"), "hi");
     // named statements, used many times
@@ -54,11 +57,7 @@ async fn tokio_postgres_extended_and_pipelined() {
     let futs = (0..100i32).map(|i| {
         let c = &c;
         let stmt = &stmt;
-        async move {
-            c.query_one(stmt, &[&(i as i64)])
-                .await
-                .map(|r| r.get::<_, i64>(0))
-        }
+        async move { c.query_one(stmt, &[&(i as i64)]).await.map(|r| r.get::<_, i64>(0)) }
     });
     let results = futures_util::future::join_all(futs).await;
     for (i, r) in results.into_iter().enumerate() {
@@ -100,11 +99,7 @@ async fn named_statements_follow_the_session_across_backends() {
             h.batch_execute("COMMIT").await.unwrap();
         }
     }
-    assert!(
-        pids.len() > 1,
-        "the statement ran on {} backend(s) only",
-        pids.len()
-    );
+    assert!(pids.len() > 1, "the statement ran on {} backend(s) only", pids.len());
     // Closing the statement and preparing the same name again works.
     drop(stmt);
     let s2 = a.prepare("SELECT 7").await.unwrap();
@@ -116,16 +111,10 @@ async fn named_statements_follow_the_session_across_backends() {
 async fn errors_and_failed_transactions() {
     let p = Proxy::default().await;
     let c = pg(&p.app_url()).await;
-    let e = c
-        .simple_query("SELECT * FROM no_such_table")
-        .await
-        .unwrap_err();
+    let e = c.simple_query("SELECT * FROM no_such_table").await.unwrap_err();
     assert_eq!(sqlstate(&e), "42P01");
     // the session is still usable
-    assert_eq!(
-        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
-        1
-    );
+    assert_eq!(c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
     c.batch_execute("BEGIN").await.unwrap();
     let e = c.batch_execute("SELECT 1/0").await.unwrap_err();
     assert_eq!(sqlstate(&e), "22012");
@@ -134,14 +123,9 @@ async fn errors_and_failed_transactions() {
     let e = c.query("SELECT $1::int", &[&1i32]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "25P02");
     c.batch_execute("ROLLBACK").await.unwrap();
-    assert_eq!(
-        c.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0),
-        2
-    );
+    assert_eq!(c.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0), 2);
     // notices pass through
-    let msgs = c
-        .simple_query("DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
-        .await;
+    let msgs = c.simple_query("DO $$ BEGIN RAISE NOTICE 'hello'; END $$").await;
     assert!(msgs.is_ok());
     p.stop().await;
 }
@@ -150,26 +134,15 @@ async fn errors_and_failed_transactions() {
 async fn sqlx_client_works() {
     let p = Proxy::default().await;
     let mut conn = sqlx::PgConnection::connect(&p.app_url()).await.unwrap();
-    let row = sqlx::query("SELECT $1::int4 + 1 AS n")
-        .bind(1i32)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let row = sqlx::query("SELECT $1::int4 + 1 AS n").bind(1i32).fetch_one(&mut conn).await.unwrap();
     assert_eq!(row.get::<i32, _>("n"), 2);
     // sqlx caches named statements: run the same one many times
     for i in 0..20i32 {
-        let n: i32 = sqlx::query_scalar("SELECT $1::int4 * 3")
-            .bind(i)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        let n: i32 = sqlx::query_scalar("SELECT $1::int4 * 3").bind(i).fetch_one(&mut conn).await.unwrap();
         assert_eq!(n, i * 3);
     }
     let mut tx = conn.begin().await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT txid_current()")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT txid_current()").fetch_one(&mut *tx).await.unwrap();
     assert!(n > 0);
     tx.rollback().await.unwrap();
     conn.close().await.unwrap();
@@ -181,47 +154,31 @@ async fn copy_both_ways_100k_rows() {
     let p = Proxy::default().await;
     let c = pg(&p.app_url()).await;
     let t = unique("copy");
-    c.batch_execute(&format!("CREATE TABLE {t} (id int, v text)"))
-        .await
-        .unwrap();
+    c.batch_execute(&format!("CREATE TABLE {t} (id int, v text)")).await.unwrap();
     let sink = c.copy_in(&format!("COPY {t} FROM STDIN")).await.unwrap();
     pin_mut!(sink);
     let mut chunk = String::new();
     for i in 0..100_000 {
         chunk.push_str(&format!("{i}\trow {i}\n"));
         if chunk.len() > 64 * 1024 {
-            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk)))
-                .await
-                .unwrap();
+            sink.send(bytes::Bytes::from(std::mem::take(&mut chunk))).await.unwrap();
         }
     }
     sink.send(bytes::Bytes::from(chunk)).await.unwrap();
     let n = sink.finish().await.unwrap();
     assert_eq!(n, 100_000);
-    let stream = c
-        .copy_out(&format!("COPY (SELECT * FROM {t} ORDER BY id) TO STDOUT"))
-        .await
-        .unwrap();
+    let stream = c.copy_out(&format!("COPY (SELECT * FROM {t} ORDER BY id) TO STDOUT")).await.unwrap();
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     let all: Vec<u8> = chunks.concat();
     let text = String::from_utf8(all).unwrap();
     assert_eq!(text.lines().count(), 100_000);
     assert_eq!(text.lines().nth(99_999), Some("99999\trow 99999"));
     // a COPY that fails midway leaves the session usable
-    let sink = c
-        .copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN"))
-        .await
-        .unwrap();
+    let sink = c.copy_in::<_, bytes::Bytes>(&format!("COPY {t} FROM STDIN")).await.unwrap();
     pin_mut!(sink);
-    sink.send(bytes::Bytes::from_static(b"not-a-number\tx\n"))
-        .await
-        .unwrap();
+    sink.send(bytes::Bytes::from_static(b"not-a-number\tx\n")).await.unwrap();
     assert!(sink.finish().await.is_err());
-    let n: i64 = c
-        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
     assert_eq!(n, 100_000);
     c.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
     p.stop().await;
@@ -230,9 +187,7 @@ async fn copy_both_ways_100k_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_notify_across_clients() {
     let p = Proxy::default().await;
-    let (listener, mut conn) = tokio_postgres::connect(&p.app_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (listener, mut conn) = tokio_postgres::connect(&p.app_url(), tokio_postgres::NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -243,10 +198,7 @@ async fn listen_notify_across_clients() {
         }
     });
     let channel = unique("chan");
-    listener
-        .batch_execute(&format!("LISTEN {channel}"))
-        .await
-        .unwrap();
+    listener.batch_execute(&format!("LISTEN {channel}")).await.unwrap();
     // The listener keeps its connection while other clients churn through the pool.
     let sender = pg(&p.app_url()).await;
     for i in 0..5 {
@@ -254,14 +206,9 @@ async fn listen_notify_across_clients() {
         for o in &others {
             o.batch_execute("SELECT 1").await.unwrap();
         }
-        sender
-            .batch_execute(&format!("NOTIFY {channel}, 'msg {i}'"))
-            .await
-            .unwrap();
-        let (ch, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("notification")
-            .unwrap();
+        sender.batch_execute(&format!("NOTIFY {channel}, 'msg {i}'")).await.unwrap();
+        let (ch, payload) =
+            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("notification").unwrap();
         assert_eq!(ch, channel);
         assert_eq!(payload, format!("msg {i}"));
     }
@@ -287,19 +234,10 @@ async fn cancel_reaches_the_right_query() {
     let (r, a) = sleeper.await.unwrap();
     let e = r.unwrap_err();
     assert_eq!(sqlstate(&e), "57014");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "cancel took {:?}",
-        started.elapsed()
-    );
-    b_sleep
-        .await
-        .expect("the other client's query is not cancelled");
+    assert!(started.elapsed() < Duration::from_secs(2), "cancel took {:?}", started.elapsed());
+    b_sleep.await.expect("the other client's query is not cancelled");
     // the cancelled session goes on
-    assert_eq!(
-        a.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0),
-        5
-    );
+    assert_eq!(a.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0), 5);
     // a cancel with a wrong key does nothing
     p.stop().await;
 }
@@ -309,21 +247,14 @@ async fn startup_parameters_and_sets_hold_on_every_backend() {
     let mut cfg = config();
     cfg.pool.size = 3;
     let p = Proxy::start(cfg).await;
-    let url = format!(
-        "{}?application_name=myapp&options=-c%20statement_timeout%3D1234",
-        p.app_url()
-    );
+    let url = format!("{}?application_name=myapp&options=-c%20statement_timeout%3D1234", p.app_url());
     let c = pg(&url).await;
-    c.batch_execute("SET search_path TO app_schema, public; SET TIME ZONE 'Asia/Tokyo'")
-        .await
-        .unwrap();
+    c.batch_execute("SET search_path TO app_schema, public; SET TIME ZONE 'Asia/Tokyo'").await.unwrap();
     for _ in 0..10 {
         // Hold other connections so the next statement lands elsewhere.
         let others: Vec<_> = pgs(&p.app_url(), 2).await;
         for o in &others {
-            o.batch_execute("BEGIN; SET LOCAL work_mem = '1MB'")
-                .await
-                .unwrap();
+            o.batch_execute("BEGIN; SET LOCAL work_mem = '1MB'").await.unwrap();
         }
         let row = c
             .query_one(
@@ -341,14 +272,8 @@ async fn startup_parameters_and_sets_hold_on_every_backend() {
         }
     }
     // RESET returns to the startup value, RESET ALL to all of them.
-    c.batch_execute("SET application_name = 'other'; RESET application_name")
-        .await
-        .unwrap();
-    let v: String = c
-        .query_one("SHOW application_name", &[])
-        .await
-        .unwrap()
-        .get(0);
+    c.batch_execute("SET application_name = 'other'; RESET application_name").await.unwrap();
+    let v: String = c.query_one("SHOW application_name", &[]).await.unwrap().get(0);
     assert_eq!(v, "myapp");
     p.stop().await;
 }

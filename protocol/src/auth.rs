@@ -109,24 +109,15 @@ impl std::fmt::Debug for ScramVerifier {
 
 impl ScramVerifier {
     pub fn parse(s: &str) -> Result<Self, AuthError> {
-        let rest = s
-            .strip_prefix("SCRAM-SHA-256$")
-            .ok_or(AuthError::BadVerifier)?;
+        let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or(AuthError::BadVerifier)?;
         let (params, keys) = rest.split_once('$').ok_or(AuthError::BadVerifier)?;
         let (iter, salt) = params.split_once(':').ok_or(AuthError::BadVerifier)?;
         let (stored, server) = keys.split_once(':').ok_or(AuthError::BadVerifier)?;
         let key = |k: &str| -> Result<[u8; 32], AuthError> {
-            B64.decode(k)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or(AuthError::BadVerifier)
+            B64.decode(k).ok().and_then(|v| v.try_into().ok()).ok_or(AuthError::BadVerifier)
         };
         Ok(ScramVerifier {
-            iterations: iter
-                .parse()
-                .ok()
-                .filter(|&i| i > 0)
-                .ok_or(AuthError::BadVerifier)?,
+            iterations: iter.parse().ok().filter(|&i| i > 0).ok_or(AuthError::BadVerifier)?,
             salt: B64.decode(salt).map_err(|_| AuthError::BadVerifier)?,
             stored_key: key(stored)?,
             server_key: key(server)?,
@@ -188,12 +179,7 @@ pub struct ScramServer {
 #[derive(Debug)]
 enum ServerState {
     Initial,
-    SentFirst {
-        client_first_bare: String,
-        server_first: String,
-        nonce: String,
-        gs2: String,
-    },
+    SentFirst { client_first_bare: String, server_first: String, nonce: String, gs2: String },
     Done,
 }
 
@@ -208,11 +194,7 @@ pub struct ScramOutcome {
 
 impl ScramServer {
     pub fn new(verifier: ScramVerifier, server_nonce: String) -> Self {
-        ScramServer {
-            verifier,
-            server_nonce,
-            state: ServerState::Initial,
-        }
+        ScramServer { verifier, server_nonce, state: ServerState::Initial }
     }
 
     /// Takes the `client-first-message` (from SASLInitialResponse) and returns `server-first-message`.
@@ -222,29 +204,21 @@ impl ScramServer {
         }
         let msg = std::str::from_utf8(msg).map_err(|_| AuthError::Malformed("not UTF-8"))?;
         // gs2-header: cbind-flag "," [authzid] ","
-        let (flag, rest) = msg
-            .split_once(',')
-            .ok_or(AuthError::Malformed("no gs2 header"))?;
+        let (flag, rest) = msg.split_once(',').ok_or(AuthError::Malformed("no gs2 header"))?;
         match flag {
             "n" | "y" => {}
             f if f.starts_with("p=") => return Err(AuthError::ChannelBinding),
             _ => return Err(AuthError::Malformed("bad channel binding flag")),
         }
-        let (authzid, bare) = rest
-            .split_once(',')
-            .ok_or(AuthError::Malformed("no gs2 header"))?;
+        let (authzid, bare) = rest.split_once(',').ok_or(AuthError::Malformed("no gs2 header"))?;
         if !authzid.is_empty() {
-            return Err(AuthError::Malformed(
-                "authorization identities are not supported",
-            ));
+            return Err(AuthError::Malformed("authorization identities are not supported"));
         }
         let gs2 = format!("{flag},{authzid},");
         let mut parts = bare.split(',');
         let first = parts.next();
         if first.is_some_and(|p| p.starts_with("m=")) {
-            return Err(AuthError::Malformed(
-                "mandatory extensions are not supported",
-            ));
+            return Err(AuthError::Malformed("mandatory extensions are not supported"));
         }
         attr(first, 'n')?; // PostgreSQL ignores the SCRAM user name; the startup user counts.
         let client_nonce = attr(parts.next(), 'r')?;
@@ -252,11 +226,7 @@ impl ScramServer {
             return Err(AuthError::Malformed("bad nonce"));
         }
         let nonce = format!("{client_nonce}{}", self.server_nonce);
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&self.verifier.salt),
-            self.verifier.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&self.verifier.salt), self.verifier.iterations);
         self.state = ServerState::SentFirst {
             client_first_bare: bare.to_owned(),
             server_first: server_first.clone(),
@@ -269,19 +239,13 @@ impl ScramServer {
     /// Takes the `client-final-message` and, if the proof holds, returns the server's final
     /// message and the recovered ClientKey.
     pub fn client_final(&mut self, msg: &[u8]) -> Result<ScramOutcome, AuthError> {
-        let ServerState::SentFirst {
-            client_first_bare,
-            server_first,
-            nonce,
-            gs2,
-        } = std::mem::replace(&mut self.state, ServerState::Done)
+        let ServerState::SentFirst { client_first_bare, server_first, nonce, gs2 } =
+            std::mem::replace(&mut self.state, ServerState::Done)
         else {
             return Err(AuthError::Malformed("unexpected client-final-message"));
         };
         let msg = std::str::from_utf8(msg).map_err(|_| AuthError::Malformed("not UTF-8"))?;
-        let (without_proof, proof) = msg
-            .rsplit_once(",p=")
-            .ok_or(AuthError::Malformed("no proof"))?;
+        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(AuthError::Malformed("no proof"))?;
         let mut parts = without_proof.split(',');
         let cbind = attr(parts.next(), 'c')?;
         if B64.decode(cbind).ok().as_deref() != Some(gs2.as_bytes()) {
@@ -290,11 +254,8 @@ impl ScramServer {
         if attr(parts.next(), 'r')? != nonce {
             return Err(AuthError::Nonce);
         }
-        let proof: [u8; 32] = B64
-            .decode(proof)
-            .ok()
-            .and_then(|p| p.try_into().ok())
-            .ok_or(AuthError::Malformed("bad proof"))?;
+        let proof: [u8; 32] =
+            B64.decode(proof).ok().and_then(|p| p.try_into().ok()).ok_or(AuthError::Malformed("bad proof"))?;
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         let client_signature = hmac(&self.verifier.stored_key, auth_message.as_bytes());
         let client_key = xor(&proof, &client_signature);
@@ -302,10 +263,7 @@ impl ScramServer {
             return Err(AuthError::WrongPassword);
         }
         let server_signature = hmac(&self.verifier.server_key, auth_message.as_bytes());
-        Ok(ScramOutcome {
-            server_final: format!("v={}", B64.encode(server_signature)),
-            client_key,
-        })
+        Ok(ScramOutcome { server_final: format!("v={}", B64.encode(server_signature)), client_key })
     }
 }
 
@@ -341,11 +299,7 @@ pub struct ScramClient {
 
 impl ScramClient {
     pub fn new(credential: ScramCredential, client_nonce: String) -> Self {
-        ScramClient {
-            credential,
-            client_nonce,
-            server_signature: None,
-        }
+        ScramClient { credential, client_nonce, server_signature: None }
     }
 
     fn client_first_bare(&self) -> String {
@@ -365,12 +319,9 @@ impl ScramClient {
         if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
             return Err(AuthError::Nonce);
         }
-        let salt = B64
-            .decode(attr(parts.next(), 's')?)
-            .map_err(|_| AuthError::Malformed("bad salt"))?;
-        let iterations: u32 = attr(parts.next(), 'i')?
-            .parse()
-            .map_err(|_| AuthError::Malformed("bad iteration count"))?;
+        let salt = B64.decode(attr(parts.next(), 's')?).map_err(|_| AuthError::Malformed("bad salt"))?;
+        let iterations: u32 =
+            attr(parts.next(), 'i')?.parse().map_err(|_| AuthError::Malformed("bad iteration count"))?;
         if iterations == 0 || iterations > MAX_ITERATIONS {
             return Err(AuthError::Malformed("iteration count out of range"));
         }
@@ -379,12 +330,7 @@ impl ScramClient {
                 let salted = hi(&normalize(p), &salt, iterations);
                 (hmac(&salted, b"Client Key"), hmac(&salted, b"Server Key"))
             }
-            ScramCredential::Keys {
-                client_key,
-                server_key,
-                salt: s,
-                iterations: i,
-            } => {
+            ScramCredential::Keys { client_key, server_key, salt: s, iterations: i } => {
                 if *s != salt || *i != iterations {
                     return Err(AuthError::ParameterMismatch);
                 }
@@ -405,9 +351,7 @@ impl ScramClient {
         if msg.starts_with("e=") {
             return Err(AuthError::WrongPassword);
         }
-        let sig = B64
-            .decode(attr(Some(msg), 'v')?)
-            .map_err(|_| AuthError::Malformed("bad signature"))?;
+        let sig = B64.decode(attr(Some(msg), 'v')?).map_err(|_| AuthError::Malformed("bad signature"))?;
         match self.server_signature {
             Some(expected) if sig == expected => Ok(()),
             _ => Err(AuthError::ServerSignature),

@@ -22,9 +22,7 @@ impl TxStatus {
             b'I' => Ok(TxStatus::Idle),
             b'T' => Ok(TxStatus::InTransaction),
             b'E' => Ok(TxStatus::Failed),
-            _ => Err(ProtocolError::Invalid(
-                "ReadyForQuery status must be I, T or E",
-            )),
+            _ => Err(ProtocolError::Invalid("ReadyForQuery status must be I, T or E")),
         }
     }
     pub fn byte(self) -> u8 {
@@ -111,10 +109,7 @@ impl CopyResponse {
         let format = r.u8()?;
         let n = r.count(2)?;
         let column_formats = (0..n).map(|_| r.i16()).collect::<Result<_, _>>()?;
-        Ok(CopyResponse {
-            format,
-            column_formats,
-        })
+        Ok(CopyResponse { format, column_formats })
     }
     fn encode(&self, buf: &mut BytesMut) {
         buf.put_u8(self.format);
@@ -134,9 +129,7 @@ impl BackendMessage {
                 3 => Authentication::CleartextPassword,
                 5 => {
                     let s = r.bytes(4)?;
-                    Authentication::Md5Password {
-                        salt: [s[0], s[1], s[2], s[3]],
-                    }
+                    Authentication::Md5Password { salt: [s[0], s[1], s[2], s[3]] }
                 }
                 10 => {
                     let mut mechanisms = Vec::new();
@@ -149,31 +142,16 @@ impl BackendMessage {
                     }
                     Authentication::Sasl { mechanisms }
                 }
-                11 => Authentication::SaslContinue {
-                    data: owned(r.rest()),
-                },
-                12 => Authentication::SaslFinal {
-                    data: owned(r.rest()),
-                },
-                code => Authentication::Other {
-                    code,
-                    data: owned(r.rest()),
-                },
+                11 => Authentication::SaslContinue { data: owned(r.rest()) },
+                12 => Authentication::SaslFinal { data: owned(r.rest()) },
+                code => Authentication::Other { code, data: owned(r.rest()) },
             }),
-            b'S' => BackendMessage::ParameterStatus {
-                name: r.cstr()?.to_owned(),
-                value: r.cstr()?.to_owned(),
-            },
-            b'K' => BackendMessage::BackendKeyData {
-                pid: r.i32()?,
-                secret: r.i32()?,
-            },
+            b'S' => BackendMessage::ParameterStatus { name: r.cstr()?.to_owned(), value: r.cstr()?.to_owned() },
+            b'K' => BackendMessage::BackendKeyData { pid: r.i32()?, secret: r.i32()? },
             b'Z' => BackendMessage::ReadyForQuery(TxStatus::from_byte(r.u8()?)?),
             b'E' => BackendMessage::ErrorResponse(ErrorFields::decode(r.rest())?),
             b'N' => BackendMessage::NoticeResponse(ErrorFields::decode(r.rest())?),
-            b'C' => BackendMessage::CommandComplete {
-                tag: r.cstr()?.to_owned(),
-            },
+            b'C' => BackendMessage::CommandComplete { tag: r.cstr()?.to_owned() },
             b'G' => BackendMessage::CopyInResponse(CopyResponse::decode(&mut r)?),
             b'H' => BackendMessage::CopyOutResponse(CopyResponse::decode(&mut r)?),
             b'W' => BackendMessage::CopyBothResponse(CopyResponse::decode(&mut r)?),
@@ -189,10 +167,7 @@ impl BackendMessage {
             b'I' => BackendMessage::EmptyQueryResponse,
             b's' => BackendMessage::PortalSuspended,
             b'c' => BackendMessage::CopyDone,
-            _ => BackendMessage::Raw {
-                tag,
-                body: owned(r.rest()),
-            },
+            _ => BackendMessage::Raw { tag, body: owned(r.rest()) },
         };
         r.finish()?;
         Ok(msg)
@@ -260,18 +235,12 @@ impl BackendMessage {
                 buf.put_i32(*secret);
             }
             BackendMessage::ReadyForQuery(s) => buf.put_u8(s.byte()),
-            BackendMessage::ErrorResponse(f) | BackendMessage::NoticeResponse(f) => {
-                f.encode_body(buf)
-            }
+            BackendMessage::ErrorResponse(f) | BackendMessage::NoticeResponse(f) => f.encode_body(buf),
             BackendMessage::CommandComplete { tag } => put_cstr(buf, tag),
             BackendMessage::CopyInResponse(c)
             | BackendMessage::CopyOutResponse(c)
             | BackendMessage::CopyBothResponse(c) => c.encode(buf),
-            BackendMessage::NotificationResponse {
-                pid,
-                channel,
-                payload,
-            } => {
+            BackendMessage::NotificationResponse { pid, channel, payload } => {
                 buf.put_i32(*pid);
                 put_cstr(buf, channel);
                 put_cstr(buf, payload);

@@ -51,10 +51,7 @@ impl<'a> Reader<'a> {
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let rest = &self.buf[self.pos..];
-        let nul = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(ProtocolError::MissingNul)?;
+        let nul = rest.iter().position(|&b| b == 0).ok_or(ProtocolError::MissingNul)?;
         let s = std::str::from_utf8(&rest[..nul]).map_err(|_| ProtocolError::InvalidUtf8)?;
         self.pos += nul + 1;
         Ok(s)

@@ -135,10 +135,7 @@ impl ErrorFields {
     }
 
     pub fn get(&self, code: u8) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map(|(_, v)| v.as_str())
+        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v.as_str())
     }
 
     /// The SQLSTATE, or "" if absent.
@@ -151,9 +148,7 @@ impl ErrorFields {
     }
 
     pub fn severity(&self) -> &str {
-        self.get(field::SEVERITY_NONLOCALIZED)
-            .or_else(|| self.get(field::SEVERITY))
-            .unwrap_or("")
+        self.get(field::SEVERITY_NONLOCALIZED).or_else(|| self.get(field::SEVERITY)).unwrap_or("")
     }
 }
 
@@ -169,13 +164,7 @@ pub struct ErrorResponse {
 
 impl ErrorResponse {
     pub fn new(severity: Severity, code: SqlState, message: impl Into<String>) -> Self {
-        ErrorResponse {
-            severity,
-            code,
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
+        ErrorResponse { severity, code, message: message.into(), detail: None, hint: None }
     }
 
     pub fn error(code: SqlState, message: impl Into<String>) -> Self {
@@ -199,10 +188,7 @@ impl ErrorResponse {
     pub fn fields(&self) -> ErrorFields {
         let mut fields = vec![
             (field::SEVERITY, self.severity.as_str().to_owned()),
-            (
-                field::SEVERITY_NONLOCALIZED,
-                self.severity.as_str().to_owned(),
-            ),
+            (field::SEVERITY_NONLOCALIZED, self.severity.as_str().to_owned()),
             (field::CODE, self.code.0.to_owned()),
             (field::MESSAGE, self.message.clone()),
         ];

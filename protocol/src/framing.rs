@@ -19,10 +19,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_message: 256 << 20,
-            max_startup: 10_000,
-        }
+        Limits { max_message: 256 << 20, max_startup: 10_000 }
     }
 }
 
@@ -57,10 +54,7 @@ pub struct Frame {
 /// Reads the header at the start of `buf` if all 5 header bytes are there.
 /// `cap` gives the largest allowed length for a tag.
 #[inline]
-pub fn peek_header(
-    buf: &[u8],
-    cap: impl Fn(u8) -> usize,
-) -> Result<Option<FrameHeader>, ProtocolError> {
+pub fn peek_header(buf: &[u8], cap: impl Fn(u8) -> usize) -> Result<Option<FrameHeader>, ProtocolError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -72,23 +66,13 @@ pub fn peek_header(
     let len = len as usize;
     let max = cap(tag);
     if len > max {
-        return Err(ProtocolError::TooLarge {
-            tag: tag as char,
-            len,
-            max,
-        });
+        return Err(ProtocolError::TooLarge { tag: tag as char, len, max });
     }
-    Ok(Some(FrameHeader {
-        tag,
-        total: len + 1,
-    }))
+    Ok(Some(FrameHeader { tag, total: len + 1 }))
 }
 
 /// Splits one complete frame off the front of `buf`.
-pub fn decode_frame(
-    buf: &mut BytesMut,
-    cap: impl Fn(u8) -> usize,
-) -> Result<Option<Frame>, ProtocolError> {
+pub fn decode_frame(buf: &mut BytesMut, cap: impl Fn(u8) -> usize) -> Result<Option<Frame>, ProtocolError> {
     let Some(h) = peek_header(buf, cap)? else {
         return Ok(None);
     };
@@ -98,10 +82,7 @@ pub fn decode_frame(
     }
     let mut frame = buf.split_to(h.total);
     frame.advance(5);
-    Ok(Some(Frame {
-        tag: h.tag,
-        body: frame.freeze(),
-    }))
+    Ok(Some(Frame { tag: h.tag, body: frame.freeze() }))
 }
 
 /// Appends a frame with `tag` and `body`.
@@ -139,10 +120,7 @@ mod tests {
         let mut b = BytesMut::from(&[b'Q', 0, 0, 0, 3][..]);
         assert_eq!(decode_frame(&mut b, any), Err(ProtocolError::BadLength(3)));
         let mut b = BytesMut::from(&[b'Q', 0x7f, 0, 0, 0][..]);
-        assert!(matches!(
-            decode_frame(&mut b, any),
-            Err(ProtocolError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_frame(&mut b, any), Err(ProtocolError::TooLarge { .. })));
         let mut b = BytesMut::from(&[b'Q', 0xff, 0xff, 0xff, 0xff][..]);
         assert_eq!(decode_frame(&mut b, any), Err(ProtocolError::BadLength(-1)));
     }
@@ -153,10 +131,7 @@ mod tests {
         assert_eq!(l.frontend_cap(b'S'), 10_000);
         assert_eq!(l.frontend_cap(b'Q'), l.max_message);
         let mut b = BytesMut::from(&[b'S', 0, 1, 0, 0][..]);
-        assert!(matches!(
-            decode_frame(&mut b, |t| l.frontend_cap(t)),
-            Err(ProtocolError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_frame(&mut b, |t| l.frontend_cap(t)), Err(ProtocolError::TooLarge { .. })));
     }
 
     #[test]

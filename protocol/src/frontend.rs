@@ -75,9 +75,7 @@ impl Target {
         match b {
             b'S' => Ok(Target::Statement),
             b'P' => Ok(Target::Portal),
-            _ => Err(ProtocolError::Invalid(
-                "Describe/Close target must be 'S' or 'P'",
-            )),
+            _ => Err(ProtocolError::Invalid("Describe/Close target must be 'S' or 'P'")),
         }
     }
 }
@@ -141,19 +139,13 @@ impl FrontendMessage {
     pub fn decode(tag: u8, body: &[u8]) -> Result<Self, ProtocolError> {
         let mut r = Reader::new(body);
         let msg = match tag {
-            b'Q' => FrontendMessage::Query {
-                sql: r.cstr()?.to_owned(),
-            },
+            b'Q' => FrontendMessage::Query { sql: r.cstr()?.to_owned() },
             b'P' => {
                 let name = r.cstr()?.to_owned();
                 let sql = r.cstr()?.to_owned();
                 let n = r.count(4)?;
                 let param_types = (0..n).map(|_| r.u32()).collect::<Result<_, _>>()?;
-                FrontendMessage::Parse {
-                    name,
-                    sql,
-                    param_types,
-                }
+                FrontendMessage::Parse { name, sql, param_types }
             }
             b'B' => FrontendMessage::Bind(Bind {
                 portal: r.cstr()?.to_owned(),
@@ -162,26 +154,15 @@ impl FrontendMessage {
                 params: values(&mut r)?,
                 result_formats: formats(&mut r)?,
             }),
-            b'D' => FrontendMessage::Describe {
-                kind: Target::from_byte(r.u8()?)?,
-                name: r.cstr()?.to_owned(),
-            },
-            b'E' => FrontendMessage::Execute {
-                portal: r.cstr()?.to_owned(),
-                max_rows: r.i32()?,
-            },
-            b'C' => FrontendMessage::Close {
-                kind: Target::from_byte(r.u8()?)?,
-                name: r.cstr()?.to_owned(),
-            },
+            b'D' => FrontendMessage::Describe { kind: Target::from_byte(r.u8()?)?, name: r.cstr()?.to_owned() },
+            b'E' => FrontendMessage::Execute { portal: r.cstr()?.to_owned(), max_rows: r.i32()? },
+            b'C' => FrontendMessage::Close { kind: Target::from_byte(r.u8()?)?, name: r.cstr()?.to_owned() },
             b'S' => FrontendMessage::Sync,
             b'H' => FrontendMessage::Flush,
             b'X' => FrontendMessage::Terminate,
             b'd' => FrontendMessage::CopyData(owned(r.rest())),
             b'c' => FrontendMessage::CopyDone,
-            b'f' => FrontendMessage::CopyFail {
-                message: r.cstr()?.to_owned(),
-            },
+            b'f' => FrontendMessage::CopyFail { message: r.cstr()?.to_owned() },
             b'F' => FrontendMessage::FunctionCall(FunctionCall {
                 oid: r.u32()?,
                 arg_formats: formats(&mut r)?,
@@ -199,17 +180,13 @@ impl FrontendMessage {
     pub fn decode_auth(body: &[u8], expect: AuthExpect) -> Result<Self, ProtocolError> {
         let mut r = Reader::new(body);
         let msg = match expect {
-            AuthExpect::Password => FrontendMessage::PasswordMessage {
-                password: r.cstr()?.to_owned(),
-            },
+            AuthExpect::Password => FrontendMessage::PasswordMessage { password: r.cstr()?.to_owned() },
             AuthExpect::SaslInitial => {
                 let mechanism = r.cstr()?.to_owned();
                 let data = r.nullable()?.map(owned);
                 FrontendMessage::SaslInitialResponse { mechanism, data }
             }
-            AuthExpect::SaslContinue => FrontendMessage::SaslResponse {
-                data: owned(r.rest()),
-            },
+            AuthExpect::SaslContinue => FrontendMessage::SaslResponse { data: owned(r.rest()) },
         };
         r.finish()?;
         Ok(msg)
@@ -240,11 +217,7 @@ impl FrontendMessage {
     pub fn encode(&self, buf: &mut BytesMut) {
         write_message(buf, self.tag(), |buf| match self {
             FrontendMessage::Query { sql } => put_cstr(buf, sql),
-            FrontendMessage::Parse {
-                name,
-                sql,
-                param_types,
-            } => {
+            FrontendMessage::Parse { name, sql, param_types } => {
                 put_cstr(buf, name);
                 put_cstr(buf, sql);
                 buf.put_i16(param_types.len() as i16);
@@ -267,13 +240,11 @@ impl FrontendMessage {
                 put_cstr(buf, portal);
                 buf.put_i32(*max_rows);
             }
-            FrontendMessage::Sync
-            | FrontendMessage::Flush
-            | FrontendMessage::CopyDone
-            | FrontendMessage::Terminate => {}
-            FrontendMessage::CopyData(d)
-            | FrontendMessage::AuthData(d)
-            | FrontendMessage::SaslResponse { data: d } => buf.put_slice(d),
+            FrontendMessage::Sync | FrontendMessage::Flush | FrontendMessage::CopyDone | FrontendMessage::Terminate => {
+            }
+            FrontendMessage::CopyData(d) | FrontendMessage::AuthData(d) | FrontendMessage::SaslResponse { data: d } => {
+                buf.put_slice(d)
+            }
             FrontendMessage::CopyFail { message } => put_cstr(buf, message),
             FrontendMessage::FunctionCall(f) => {
                 buf.put_u32(f.oid);

@@ -27,10 +27,7 @@ pub enum StartupPacket {
 
 impl StartupPacket {
     /// Decodes the first packet from `buf`, consuming it when complete.
-    pub fn decode(
-        buf: &mut BytesMut,
-        max_len: usize,
-    ) -> Result<Option<StartupPacket>, ProtocolError> {
+    pub fn decode(buf: &mut BytesMut, max_len: usize) -> Result<Option<StartupPacket>, ProtocolError> {
         if buf.len() < 4 {
             return Ok(None);
         }
@@ -40,11 +37,7 @@ impl StartupPacket {
         }
         let len = len as usize;
         if len > max_len {
-            return Err(ProtocolError::TooLarge {
-                tag: '\0',
-                len,
-                max: max_len,
-            });
+            return Err(ProtocolError::TooLarge { tag: '\0', len, max: max_len });
         }
         if buf.len() < len {
             return Ok(None);
@@ -56,10 +49,7 @@ impl StartupPacket {
         let msg = match code {
             SSL_REQUEST_CODE => StartupPacket::SslRequest,
             GSSENC_REQUEST_CODE => StartupPacket::GssEncRequest,
-            CANCEL_REQUEST_CODE => StartupPacket::CancelRequest {
-                pid: r.i32()?,
-                secret: r.i32()?,
-            },
+            CANCEL_REQUEST_CODE => StartupPacket::CancelRequest { pid: r.i32()?, secret: r.i32()? },
             PROTOCOL_3_0 => {
                 let mut params = Vec::new();
                 loop {
@@ -113,10 +103,7 @@ impl StartupPacket {
     /// The value of a startup parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
         match self {
-            StartupPacket::Startup { params } => params
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str()),
+            StartupPacket::Startup { params } => params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()),
             _ => None,
         }
     }
@@ -142,15 +129,9 @@ mod tests {
     fn round_trips() {
         round_trip(StartupPacket::SslRequest);
         round_trip(StartupPacket::GssEncRequest);
-        round_trip(StartupPacket::CancelRequest {
-            pid: 42,
-            secret: -7,
-        });
+        round_trip(StartupPacket::CancelRequest { pid: 42, secret: -7 });
         round_trip(StartupPacket::Startup {
-            params: vec![
-                ("user".into(), "app".into()),
-                ("database".into(), "app".into()),
-            ],
+            params: vec![("user".into(), "app".into()), ("database".into(), "app".into())],
         });
     }
 
@@ -166,18 +147,12 @@ mod tests {
         let mut b = BytesMut::new();
         b.put_i32(8);
         b.put_u32(1234);
-        assert_eq!(
-            StartupPacket::decode(&mut b, 10_000),
-            Err(ProtocolError::UnknownStartupCode(1234))
-        );
+        assert_eq!(StartupPacket::decode(&mut b, 10_000), Err(ProtocolError::UnknownStartupCode(1234)));
         // An HTTP request is not a startup packet.
         let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]);
         assert!(StartupPacket::decode(&mut b, 10_000).is_err());
         let mut b = BytesMut::from(&[0u8, 0, 0, 4][..]);
-        assert_eq!(
-            StartupPacket::decode(&mut b, 10_000),
-            Err(ProtocolError::BadLength(4))
-        );
+        assert_eq!(StartupPacket::decode(&mut b, 10_000), Err(ProtocolError::BadLength(4)));
     }
 
     #[test]
@@ -188,9 +163,6 @@ mod tests {
         b.put_i32(1);
         b.put_i32(2);
         b.put_i32(3);
-        assert_eq!(
-            StartupPacket::decode(&mut b, 10_000),
-            Err(ProtocolError::TrailingBytes(4))
-        );
+        assert_eq!(StartupPacket::decode(&mut b, 10_000), Err(ProtocolError::TrailingBytes(4)));
     }
 }

@@ -5,29 +5,19 @@ use pgsplit_protocol::backend::{Authentication, CopyResponse};
 use pgsplit_protocol::error::ErrorFields;
 use pgsplit_protocol::framing::{decode_frame, Limits};
 use pgsplit_protocol::frontend::{AuthExpect, Bind, FunctionCall, Target};
-use pgsplit_protocol::{
-    BackendMessage, ErrorResponse, FrontendMessage, SqlState, StartupPacket, TxStatus,
-};
+use pgsplit_protocol::{BackendMessage, ErrorResponse, FrontendMessage, SqlState, StartupPacket, TxStatus};
 use proptest::prelude::*;
 
 fn frontend_round_trip(m: FrontendMessage) {
     let mut buf = BytesMut::new();
     m.encode(&mut buf);
     let limits = Limits::default();
-    let f = decode_frame(&mut buf, |t| limits.frontend_cap(t))
-        .unwrap()
-        .unwrap();
+    let f = decode_frame(&mut buf, |t| limits.frontend_cap(t)).unwrap().unwrap();
     assert!(buf.is_empty());
     let decoded = match &m {
-        FrontendMessage::PasswordMessage { .. } => {
-            FrontendMessage::decode_auth(&f.body, AuthExpect::Password)
-        }
-        FrontendMessage::SaslInitialResponse { .. } => {
-            FrontendMessage::decode_auth(&f.body, AuthExpect::SaslInitial)
-        }
-        FrontendMessage::SaslResponse { .. } => {
-            FrontendMessage::decode_auth(&f.body, AuthExpect::SaslContinue)
-        }
+        FrontendMessage::PasswordMessage { .. } => FrontendMessage::decode_auth(&f.body, AuthExpect::Password),
+        FrontendMessage::SaslInitialResponse { .. } => FrontendMessage::decode_auth(&f.body, AuthExpect::SaslInitial),
+        FrontendMessage::SaslResponse { .. } => FrontendMessage::decode_auth(&f.body, AuthExpect::SaslContinue),
         _ => FrontendMessage::decode(f.tag, &f.body),
     }
     .unwrap();
@@ -45,14 +35,8 @@ fn backend_round_trip(m: BackendMessage) {
 fn every_frontend_message_round_trips() {
     let b = |s: &'static [u8]| Bytes::from_static(s);
     for m in [
-        FrontendMessage::Query {
-            sql: "SELECT 1; SELECT 2".into(),
-        },
-        FrontendMessage::Parse {
-            name: "s1".into(),
-            sql: "SELECT $1::int".into(),
-            param_types: vec![23, 0],
-        },
+        FrontendMessage::Query { sql: "SELECT 1; SELECT 2".into() },
+        FrontendMessage::Parse { name: "s1".into(), sql: "SELECT $1::int".into(), param_types: vec![23, 0] },
         FrontendMessage::Bind(Bind {
             portal: "p".into(),
             statement: "s1".into(),
@@ -60,33 +44,16 @@ fn every_frontend_message_round_trips() {
             params: vec![Some(b(b"42")), None, Some(b(b""))],
             result_formats: vec![1],
         }),
-        FrontendMessage::Describe {
-            kind: Target::Statement,
-            name: "s1".into(),
-        },
-        FrontendMessage::Describe {
-            kind: Target::Portal,
-            name: "".into(),
-        },
-        FrontendMessage::Execute {
-            portal: "".into(),
-            max_rows: 100,
-        },
-        FrontendMessage::Close {
-            kind: Target::Portal,
-            name: "p".into(),
-        },
-        FrontendMessage::Close {
-            kind: Target::Statement,
-            name: "s1".into(),
-        },
+        FrontendMessage::Describe { kind: Target::Statement, name: "s1".into() },
+        FrontendMessage::Describe { kind: Target::Portal, name: "".into() },
+        FrontendMessage::Execute { portal: "".into(), max_rows: 100 },
+        FrontendMessage::Close { kind: Target::Portal, name: "p".into() },
+        FrontendMessage::Close { kind: Target::Statement, name: "s1".into() },
         FrontendMessage::Sync,
         FrontendMessage::Flush,
         FrontendMessage::CopyData(b(b"1\tone\n")),
         FrontendMessage::CopyDone,
-        FrontendMessage::CopyFail {
-            message: "client gave up".into(),
-        },
+        FrontendMessage::CopyFail { message: "client gave up".into() },
         FrontendMessage::FunctionCall(FunctionCall {
             oid: 1598,
             arg_formats: vec![1],
@@ -95,20 +62,10 @@ fn every_frontend_message_round_trips() {
         }),
         FrontendMessage::Terminate,
         FrontendMessage::AuthData(b(b"opaque")),
-        FrontendMessage::PasswordMessage {
-            password: "md5abcdef".into(),
-        },
-        FrontendMessage::SaslInitialResponse {
-            mechanism: "SCRAM-SHA-256".into(),
-            data: Some(b(b"n,,n=,r=abc")),
-        },
-        FrontendMessage::SaslInitialResponse {
-            mechanism: "SCRAM-SHA-256".into(),
-            data: None,
-        },
-        FrontendMessage::SaslResponse {
-            data: b(b"c=biws,r=abc,p=xyz"),
-        },
+        FrontendMessage::PasswordMessage { password: "md5abcdef".into() },
+        FrontendMessage::SaslInitialResponse { mechanism: "SCRAM-SHA-256".into(), data: Some(b(b"n,,n=,r=abc")) },
+        FrontendMessage::SaslInitialResponse { mechanism: "SCRAM-SHA-256".into(), data: None },
+        FrontendMessage::SaslResponse { data: b(b"c=biws,r=abc,p=xyz") },
     ] {
         frontend_round_trip(m);
     }
@@ -117,56 +74,27 @@ fn every_frontend_message_round_trips() {
 #[test]
 fn every_backend_message_round_trips() {
     let b = |s: &'static [u8]| Bytes::from_static(s);
-    let fields =
-        ErrorResponse::error(SqlState::INVALID_PASSWORD, "password authentication failed").fields();
+    let fields = ErrorResponse::error(SqlState::INVALID_PASSWORD, "password authentication failed").fields();
     for m in [
         BackendMessage::Authentication(Authentication::Ok),
         BackendMessage::Authentication(Authentication::CleartextPassword),
         BackendMessage::Authentication(Authentication::Md5Password { salt: [1, 2, 3, 4] }),
-        BackendMessage::Authentication(Authentication::Sasl {
-            mechanisms: vec!["SCRAM-SHA-256".into()],
-        }),
-        BackendMessage::Authentication(Authentication::SaslContinue {
-            data: b(b"r=abc,s=c2FsdA==,i=4096"),
-        }),
+        BackendMessage::Authentication(Authentication::Sasl { mechanisms: vec!["SCRAM-SHA-256".into()] }),
+        BackendMessage::Authentication(Authentication::SaslContinue { data: b(b"r=abc,s=c2FsdA==,i=4096") }),
         BackendMessage::Authentication(Authentication::SaslFinal { data: b(b"v=xyz") }),
-        BackendMessage::Authentication(Authentication::Other {
-            code: 7,
-            data: b(b""),
-        }),
-        BackendMessage::ParameterStatus {
-            name: "TimeZone".into(),
-            value: "UTC".into(),
-        },
-        BackendMessage::BackendKeyData {
-            pid: 1234,
-            secret: -99,
-        },
+        BackendMessage::Authentication(Authentication::Other { code: 7, data: b(b"") }),
+        BackendMessage::ParameterStatus { name: "TimeZone".into(), value: "UTC".into() },
+        BackendMessage::BackendKeyData { pid: 1234, secret: -99 },
         BackendMessage::ReadyForQuery(TxStatus::Idle),
         BackendMessage::ReadyForQuery(TxStatus::InTransaction),
         BackendMessage::ReadyForQuery(TxStatus::Failed),
         BackendMessage::ErrorResponse(fields.clone()),
         BackendMessage::NoticeResponse(fields),
-        BackendMessage::CommandComplete {
-            tag: "INSERT 0 1".into(),
-        },
-        BackendMessage::CopyInResponse(CopyResponse {
-            format: 0,
-            column_formats: vec![0, 0],
-        }),
-        BackendMessage::CopyOutResponse(CopyResponse {
-            format: 1,
-            column_formats: vec![1],
-        }),
-        BackendMessage::CopyBothResponse(CopyResponse {
-            format: 0,
-            column_formats: vec![],
-        }),
-        BackendMessage::NotificationResponse {
-            pid: 7,
-            channel: "jobs".into(),
-            payload: "42".into(),
-        },
+        BackendMessage::CommandComplete { tag: "INSERT 0 1".into() },
+        BackendMessage::CopyInResponse(CopyResponse { format: 0, column_formats: vec![0, 0] }),
+        BackendMessage::CopyOutResponse(CopyResponse { format: 1, column_formats: vec![1] }),
+        BackendMessage::CopyBothResponse(CopyResponse { format: 0, column_formats: vec![] }),
+        BackendMessage::NotificationResponse { pid: 7, channel: "jobs".into(), payload: "42".into() },
         BackendMessage::ParseComplete,
         BackendMessage::BindComplete,
         BackendMessage::CloseComplete,
@@ -174,14 +102,8 @@ fn every_backend_message_round_trips() {
         BackendMessage::EmptyQueryResponse,
         BackendMessage::PortalSuspended,
         BackendMessage::CopyDone,
-        BackendMessage::Raw {
-            tag: b'D',
-            body: b(b"\x00\x01\x00\x00\x00\x011"),
-        },
-        BackendMessage::Raw {
-            tag: b'T',
-            body: b(b"\x00\x00"),
-        },
+        BackendMessage::Raw { tag: b'D', body: b(b"\x00\x01\x00\x00\x00\x011") },
+        BackendMessage::Raw { tag: b'T', body: b(b"\x00\x00") },
     ] {
         backend_round_trip(m);
     }
@@ -189,8 +111,7 @@ fn every_backend_message_round_trips() {
 
 #[test]
 fn error_response_builder_carries_sqlstate() {
-    let e = ErrorResponse::fatal(SqlState::TOO_MANY_CONNECTIONS, "too many clients")
-        .with_hint("raise max_clients");
+    let e = ErrorResponse::fatal(SqlState::TOO_MANY_CONNECTIONS, "too many clients").with_hint("raise max_clients");
     let mut buf = e.to_bytes();
     let f = decode_frame(&mut buf, |_| usize::MAX).unwrap().unwrap();
     assert_eq!(f.tag, b'E');
@@ -205,10 +126,7 @@ fn error_response_builder_carries_sqlstate() {
 #[test]
 fn replayed_psql_startup() {
     let mut wire = BytesMut::from(&b"\x00\x00\x00\x08\x04\xd2\x16\x2f"[..]);
-    assert_eq!(
-        StartupPacket::decode(&mut wire, 10_000).unwrap(),
-        Some(StartupPacket::SslRequest)
-    );
+    assert_eq!(StartupPacket::decode(&mut wire, 10_000).unwrap(), Some(StartupPacket::SslRequest));
     let startup: &[u8] = b"\x00\x00\x00\x4a\x00\x03\x00\x00user\x00app\x00database\x00app\x00application_name\x00psql\x00client_encoding\x00UTF8\x00\x00";
     let mut wire = BytesMut::from(startup);
     let p = StartupPacket::decode(&mut wire, 10_000).unwrap().unwrap();
@@ -234,21 +152,13 @@ fn replayed_extended_batch() {
             params: vec![Some(Bytes::from_static(b"123"))],
             result_formats: vec![],
         }),
-        FrontendMessage::Describe {
-            kind: Target::Portal,
-            name: "".into(),
-        },
-        FrontendMessage::Execute {
-            portal: "".into(),
-            max_rows: 0,
-        },
+        FrontendMessage::Describe { kind: Target::Portal, name: "".into() },
+        FrontendMessage::Execute { portal: "".into(), max_rows: 0 },
         FrontendMessage::Sync,
     ] {
         m.encode(&mut wire);
     }
-    let tags: Vec<u8> =
-        std::iter::from_fn(|| decode_frame(&mut wire, |_| 1 << 20).unwrap().map(|f| f.tag))
-            .collect();
+    let tags: Vec<u8> = std::iter::from_fn(|| decode_frame(&mut wire, |_| 1 << 20).unwrap().map(|f| f.tag)).collect();
     assert_eq!(tags, b"PBDES");
 }
 

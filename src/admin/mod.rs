@@ -29,9 +29,7 @@ pub fn router(ctx: Arc<Context>, metrics: PrometheusHandle) -> Router {
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, metrics: PrometheusHandle) {
     let shutdown = ctx.shutdown.clone();
     let app = router(ctx, metrics);
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {

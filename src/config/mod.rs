@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use settings::{
-    AuthMethod, AuthSettings, BackendCredential, ClientSecret, NodeAddr, PoolMode, PoolSettings,
-    ServerSettings, Settings, Unlisted, UserAuth,
+    AuthMethod, AuthSettings, BackendCredential, ClientSecret, NodeAddr, PoolMode, PoolSettings, ServerSettings,
+    Settings, Unlisted, UserAuth,
 };
 
 /// Why a configuration was rejected. The message is shown to the operator as is.
@@ -29,10 +29,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { key: key.into(), message: message.into() }
     }
 }
 
@@ -102,9 +99,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:9930".into(),
-        }
+        AdminConfig { listen: "127.0.0.1:9930".into() }
     }
 }
 
@@ -168,8 +163,7 @@ impl Default for AuthConfig {
             auth_user: String::new(),
             auth_password: String::new(),
             auth_database: String::new(),
-            auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
-                .into(),
+            auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1".into(),
         }
     }
 }
@@ -197,10 +191,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: "text".into(),
-        }
+        LogConfig { level: "info".into(), format: "text".into() }
     }
 }
 
@@ -236,24 +227,15 @@ pub struct Overrides {
 
 impl Config {
     /// Loads the file (if any), then `PGSPLIT_*` environment variables from `env`.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let mut b = config::Config::builder();
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Load(format!(
-                    "configuration file {} does not exist",
-                    path.display()
-                )));
+                return Err(ConfigError::Load(format!("configuration file {} does not exist", path.display())));
             }
             b = b.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        let vars: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("PGSPLIT_"))
-            .collect();
+        let vars: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("PGSPLIT_")).collect();
         b = b.add_source(
             config::Environment::with_prefix("PGSPLIT")
                 .prefix_separator("_")
@@ -265,9 +247,7 @@ impl Config {
                 .source(Some(vars)),
         );
         let built = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
-        built
-            .try_deserialize::<Config>()
-            .map_err(|e| ConfigError::Load(e.to_string()))
+        built.try_deserialize::<Config>().map_err(|e| ConfigError::Load(e.to_string()))
     }
 
     pub fn apply(&mut self, o: &Overrides) {

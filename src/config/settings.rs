@@ -52,10 +52,7 @@ impl PoolMode {
         match s {
             "transaction" => Ok(PoolMode::Transaction),
             "session" => Ok(PoolMode::Session),
-            _ => Err(ConfigError::invalid(
-                key,
-                format!("\"{s}\" is not a pool mode (transaction, session)"),
-            )),
+            _ => Err(ConfigError::invalid(key, format!("\"{s}\" is not a pool mode (transaction, session)"))),
         }
     }
 }
@@ -96,10 +93,7 @@ impl AuthMethod {
             "scram-sha-256" => Ok(AuthMethod::ScramSha256),
             "md5" => Ok(AuthMethod::Md5),
             "trust" => Ok(AuthMethod::Trust),
-            _ => Err(ConfigError::invalid(
-                key,
-                format!("\"{s}\" is not an auth method (scram-sha-256, md5, trust)"),
-            )),
+            _ => Err(ConfigError::invalid(key, format!("\"{s}\" is not an auth method (scram-sha-256, md5, trust)"))),
         }
     }
 }
@@ -123,19 +117,12 @@ impl ClientSecret {
         if secret.is_empty() {
             Ok(ClientSecret::None)
         } else if secret.starts_with("SCRAM-SHA-256$") {
-            ScramVerifier::parse(secret)
-                .map(ClientSecret::Scram)
-                .map_err(|e| e.to_string())
-        } else if secret.len() == 35
-            && secret.starts_with("md5")
-            && secret[3..].bytes().all(|b| b.is_ascii_hexdigit())
+            ScramVerifier::parse(secret).map(ClientSecret::Scram).map_err(|e| e.to_string())
+        } else if secret.len() == 35 && secret.starts_with("md5") && secret[3..].bytes().all(|b| b.is_ascii_hexdigit())
         {
             Ok(ClientSecret::Md5(secret.to_owned()))
         } else {
-            Ok(ClientSecret::Plain {
-                password: secret.to_owned(),
-                scram: ScramVerifier::generate(secret),
-            })
+            Ok(ClientSecret::Plain { password: secret.to_owned(), scram: ScramVerifier::generate(secret) })
         }
     }
 }
@@ -164,12 +151,7 @@ pub struct UserAuth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unlisted {
     Reject,
-    AuthQuery {
-        user: String,
-        password: String,
-        database: Option<String>,
-        query: String,
-    },
+    AuthQuery { user: String, password: String, database: Option<String>, query: String },
     Trust,
 }
 
@@ -204,19 +186,10 @@ fn parse_node(key: &str, s: &str) -> Result<ParsedNode, ConfigError> {
     let bad = |m: &str| ConfigError::invalid(key, format!("\"{s}\": {m}"));
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         let u = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
-        let host = u
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| bad("no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let decode = |v: &str| {
-            url::form_urlencoded::parse(format!("x={v}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-        };
+        let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let decode =
+            |v: &str| url::form_urlencoded::parse(format!("x={v}").as_bytes()).next().map(|(_, v)| v.into_owned());
         let user = if u.username().is_empty() {
             None
         } else {
@@ -224,28 +197,14 @@ fn parse_node(key: &str, s: &str) -> Result<ParsedNode, ConfigError> {
             let pw = u.password().and_then(decode).unwrap_or_default();
             Some((name, pw))
         };
-        Ok(ParsedNode {
-            addr: NodeAddr {
-                host,
-                port: u.port().unwrap_or(5432),
-            },
-            user,
-        })
+        Ok(ParsedNode { addr: NodeAddr { host, port: u.port().unwrap_or(5432) }, user })
     } else {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| bad("expected host:port or a postgres:// URL"))?;
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("expected host:port or a postgres:// URL"))?;
         let port = port.parse().map_err(|_| bad("bad port"))?;
         if host.is_empty() {
             return Err(bad("no host"));
         }
-        Ok(ParsedNode {
-            addr: NodeAddr {
-                host: host.to_owned(),
-                port,
-            },
-            user: None,
-        })
+        Ok(ParsedNode { addr: NodeAddr { host: host.to_owned(), port }, user: None })
     }
 }
 
@@ -256,51 +215,30 @@ impl Settings {
         let tls = match (s.tls_cert.is_empty(), s.tls_key.is_empty()) {
             (true, true) => None,
             (false, false) => Some((PathBuf::from(&s.tls_cert), PathBuf::from(&s.tls_key))),
-            _ => {
-                return Err(ConfigError::invalid(
-                    "server.tls_cert",
-                    "tls_cert and tls_key must be set together",
-                ))
-            }
+            _ => return Err(ConfigError::invalid("server.tls_cert", "tls_cert and tls_key must be set together")),
         };
         if s.require_tls && tls.is_none() {
-            return Err(ConfigError::invalid(
-                "server.require_tls",
-                "requires server.tls_cert and server.tls_key",
-            ));
+            return Err(ConfigError::invalid("server.require_tls", "requires server.tls_cert and server.tls_key"));
         }
         if s.max_clients == 0 {
-            return Err(ConfigError::invalid(
-                "server.max_clients",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("server.max_clients", "must be at least 1"));
         }
         if s.max_message_size < 1024 || s.max_message_size > (1 << 30) {
-            return Err(ConfigError::invalid(
-                "server.max_message_size",
-                "must be between 1024 and 1073741824",
-            ));
+            return Err(ConfigError::invalid("server.max_message_size", "must be between 1024 and 1073741824"));
         }
         let server = ServerSettings {
             listen: socket_addr("server.listen", &s.listen)?,
-            unix_socket_dir: Some(PathBuf::from(&s.unix_socket_dir))
-                .filter(|_| !s.unix_socket_dir.is_empty()),
+            unix_socket_dir: Some(PathBuf::from(&s.unix_socket_dir)).filter(|_| !s.unix_socket_dir.is_empty()),
             max_clients: s.max_clients,
             tls,
             require_tls: s.require_tls,
             startup_timeout: duration("server.startup_timeout", s.startup_timeout)?,
             shutdown_timeout: s.shutdown_timeout,
-            limits: Limits {
-                max_message: s.max_message_size,
-                ..Limits::default()
-            },
+            limits: Limits { max_message: s.max_message_size, ..Limits::default() },
             worker_threads: s.worker_threads,
         };
-        let admin_listen = if c.admin.listen.is_empty() {
-            None
-        } else {
-            Some(socket_addr("admin.listen", &c.admin.listen)?)
-        };
+        let admin_listen =
+            if c.admin.listen.is_empty() { None } else { Some(socket_addr("admin.listen", &c.admin.listen)?) };
 
         let p = &c.pool;
         if p.size == 0 {
@@ -337,11 +275,8 @@ impl Settings {
             if u.name.is_empty() {
                 return Err(ConfigError::invalid(key("name"), "is required"));
             }
-            let method = if u.method.is_empty() {
-                default_method
-            } else {
-                AuthMethod::parse(&key("method"), &u.method)?
-            };
+            let method =
+                if u.method.is_empty() { default_method } else { AuthMethod::parse(&key("method"), &u.method)? };
             let user = user_auth(&u.name, method, &u.password, &u.server_password)
                 .map_err(|m| ConfigError::invalid(key("password"), m))?;
             let user = UserAuth {
@@ -354,10 +289,7 @@ impl Settings {
                 ..user
             };
             if users.insert(u.name.clone(), Arc::new(user)).is_some() {
-                return Err(ConfigError::invalid(
-                    key("name"),
-                    format!("user \"{}\" is listed twice", u.name),
-                ));
+                return Err(ConfigError::invalid(key("name"), format!("user \"{}\" is listed twice", u.name)));
             }
         }
         // Credentials in node URLs are listed users too, unless the list already has them.
@@ -383,10 +315,7 @@ impl Settings {
                     ));
                 }
                 if !a.auth_query.contains("$1") {
-                    return Err(ConfigError::invalid(
-                        "auth.auth_query",
-                        "must take the user name as $1",
-                    ));
+                    return Err(ConfigError::invalid("auth.auth_query", "must take the user name as $1"));
                 }
                 Unlisted::AuthQuery {
                     user: a.auth_user.clone(),
@@ -405,12 +334,7 @@ impl Settings {
 
         match c.log.format.as_str() {
             "text" | "json" => {}
-            other => {
-                return Err(ConfigError::invalid(
-                    "log.format",
-                    format!("\"{other}\" is not text or json"),
-                ))
-            }
+            other => return Err(ConfigError::invalid("log.format", format!("\"{other}\" is not text or json"))),
         }
         tracing_subscriber::EnvFilter::try_new(&c.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
@@ -437,28 +361,17 @@ impl Settings {
 }
 
 /// Builds a listed user's authentication from its configured secret.
-fn user_auth(
-    name: &str,
-    method: AuthMethod,
-    password: &str,
-    server_password: &str,
-) -> Result<UserAuth, String> {
+fn user_auth(name: &str, method: AuthMethod, password: &str, server_password: &str) -> Result<UserAuth, String> {
     let secret = ClientSecret::parse(password)?;
     match (&method, &secret) {
         (AuthMethod::ScramSha256, ClientSecret::Md5(_)) => {
-            return Err(format!(
-                "user \"{name}\": an md5 hash cannot check scram-sha-256 logins"
-            ))
+            return Err(format!("user \"{name}\": an md5 hash cannot check scram-sha-256 logins"))
         }
         (AuthMethod::Md5, ClientSecret::Scram(_)) => {
-            return Err(format!(
-                "user \"{name}\": a SCRAM verifier cannot check md5 logins"
-            ))
+            return Err(format!("user \"{name}\": a SCRAM verifier cannot check md5 logins"))
         }
         (AuthMethod::ScramSha256 | AuthMethod::Md5, ClientSecret::None) => {
-            return Err(format!(
-                "user \"{name}\": a password is required unless method = \"trust\""
-            ))
+            return Err(format!("user \"{name}\": a password is required unless method = \"trust\""))
         }
         _ => {}
     }
@@ -471,14 +384,7 @@ fn user_auth(
             ClientSecret::Md5(h) => BackendCredential::Md5(h.clone()),
         }
     };
-    Ok(UserAuth {
-        name: name.to_owned(),
-        method,
-        secret,
-        backend,
-        pool_size: None,
-        pool_mode: None,
-    })
+    Ok(UserAuth { name: name.to_owned(), method, secret, backend, pool_size: None, pool_mode: None })
 }
 
 impl UserAuth {

@@ -7,9 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use pgsplit_protocol::auth::{
-    md5_response, random_nonce, ScramClient, ScramCredential, SCRAM_SHA_256,
-};
+use pgsplit_protocol::auth::{md5_response, random_nonce, ScramClient, ScramCredential, SCRAM_SHA_256};
 use pgsplit_protocol::backend::Authentication;
 use pgsplit_protocol::framing::{decode_frame, Frame};
 use pgsplit_protocol::frontend::{encode_query, encode_terminate};
@@ -78,10 +76,7 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame,
 fn decode_data_row(body: &[u8]) -> Result<Vec<Option<String>>, PoolError> {
     use pgsplit_protocol::ProtocolError;
     let bad = || PoolError::Protocol(ProtocolError::Truncated);
-    let n = i16::from_be_bytes([
-        *body.first().ok_or_else(bad)?,
-        *body.get(1).ok_or_else(bad)?,
-    ]);
+    let n = i16::from_be_bytes([*body.first().ok_or_else(bad)?, *body.get(1).ok_or_else(bad)?]);
     let mut pos = 2usize;
     let mut row = Vec::with_capacity(n.max(0) as usize);
     for _ in 0..n {
@@ -108,12 +103,9 @@ impl ServerConn {
         credential: &Credential,
         timeout: Duration,
     ) -> Result<ServerConn, PoolError> {
-        tokio::time::timeout(
-            timeout,
-            Self::connect_inner(addr, user, database, credential),
-        )
-        .await
-        .map_err(|_| PoolError::ConnectTimeout(addr.to_string()))?
+        tokio::time::timeout(timeout, Self::connect_inner(addr, user, database, credential))
+            .await
+            .map_err(|_| PoolError::ConnectTimeout(addr.to_string()))?
     }
 
     async fn connect_inner(
@@ -127,13 +119,8 @@ impl ServerConn {
             .map_err(|e| PoolError::Connect(addr.to_string(), e))?;
         stream.set_nodelay(true)?;
         let mut out = BytesMut::with_capacity(256);
-        StartupPacket::Startup {
-            params: vec![
-                ("user".into(), user.into()),
-                ("database".into(), database.into()),
-            ],
-        }
-        .encode(&mut out);
+        StartupPacket::Startup { params: vec![("user".into(), user.into()), ("database".into(), database.into())] }
+            .encode(&mut out);
         stream.write_all(&out).await?;
         let mut buf = BytesMut::with_capacity(8192);
         let mut conn = ServerConn {
@@ -157,10 +144,9 @@ impl ServerConn {
                 BackendMessage::Authentication(a) => match a {
                     Authentication::Ok => {}
                     Authentication::CleartextPassword => match credential {
-                        Credential::Password(p) => FrontendMessage::PasswordMessage {
-                            password: p.clone(),
+                        Credential::Password(p) => {
+                            FrontendMessage::PasswordMessage { password: p.clone() }.encode(&mut out)
                         }
-                        .encode(&mut out),
                         _ => return Err(PoolError::NoCredential("a cleartext password")),
                     },
                     Authentication::Md5Password { salt } => {
@@ -169,16 +155,11 @@ impl ServerConn {
                             Credential::Md5(s) => s.clone(),
                             _ => return Err(PoolError::NoCredential("an md5 password")),
                         };
-                        FrontendMessage::PasswordMessage {
-                            password: md5_response(&secret, salt),
-                        }
-                        .encode(&mut out)
+                        FrontendMessage::PasswordMessage { password: md5_response(&secret, salt) }.encode(&mut out)
                     }
                     Authentication::Sasl { mechanisms } => {
                         if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                            return Err(PoolError::Unsupported(format!(
-                                "SASL mechanisms {mechanisms:?}"
-                            )));
+                            return Err(PoolError::Unsupported(format!("SASL mechanisms {mechanisms:?}")));
                         }
                         let cred = match credential {
                             Credential::Password(p) => ScramCredential::Password(p.clone()),
@@ -194,25 +175,15 @@ impl ServerConn {
                         scram = Some(client);
                     }
                     Authentication::SaslContinue { data } => {
-                        let client = scram
-                            .as_mut()
-                            .ok_or(PoolError::Unexpected("SASL continue"))?;
+                        let client = scram.as_mut().ok_or(PoolError::Unexpected("SASL continue"))?;
                         let reply = client.server_first(&data)?;
-                        FrontendMessage::SaslResponse {
-                            data: reply.into_bytes().into(),
-                        }
-                        .encode(&mut out);
+                        FrontendMessage::SaslResponse { data: reply.into_bytes().into() }.encode(&mut out);
                     }
                     Authentication::SaslFinal { data } => {
-                        scram
-                            .as_ref()
-                            .ok_or(PoolError::Unexpected("SASL final"))?
-                            .server_final(&data)?;
+                        scram.as_ref().ok_or(PoolError::Unexpected("SASL final"))?.server_final(&data)?;
                     }
                     Authentication::Other { code, .. } => {
-                        return Err(PoolError::Unsupported(format!(
-                            "authentication request {code}"
-                        )))
+                        return Err(PoolError::Unsupported(format!("authentication request {code}")))
                     }
                 },
                 BackendMessage::ParameterStatus { name, value } => conn.set_param(name, value),
@@ -242,10 +213,7 @@ impl ServerConn {
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// Runs `sql` as a simple query and discards its results, keeping ParameterStatus updates.
@@ -260,25 +228,18 @@ impl ServerConn {
             let f = read_frame(&mut self.stream, &mut self.rbuf).await?;
             match f.tag {
                 b'S' => {
-                    if let BackendMessage::ParameterStatus { name, value } =
-                        BackendMessage::decode(f.tag, &f.body)?
-                    {
+                    if let BackendMessage::ParameterStatus { name, value } = BackendMessage::decode(f.tag, &f.body)? {
                         self.set_param(name, value);
                     }
                 }
                 b'E' => {
-                    if let BackendMessage::ErrorResponse(e) =
-                        BackendMessage::decode(f.tag, &f.body)?
-                    {
+                    if let BackendMessage::ErrorResponse(e) = BackendMessage::decode(f.tag, &f.body)? {
                         error = Some(e);
                     }
                 }
                 b'Z' => {
-                    let status = TxStatus::from_byte(
-                        *f.body
-                            .first()
-                            .ok_or(pgsplit_protocol::ProtocolError::Truncated)?,
-                    )?;
+                    let status =
+                        TxStatus::from_byte(*f.body.first().ok_or(pgsplit_protocol::ProtocolError::Truncated)?)?;
                     return match (error, status) {
                         (Some(e), _) => Err(PoolError::Server(e)),
                         (None, TxStatus::Idle) => {
@@ -307,9 +268,7 @@ impl ServerConn {
             match f.tag {
                 b'D' => rows.push(decode_data_row(&f.body)?),
                 b'E' => {
-                    if let BackendMessage::ErrorResponse(e) =
-                        BackendMessage::decode(f.tag, &f.body)?
-                    {
+                    if let BackendMessage::ErrorResponse(e) = BackendMessage::decode(f.tag, &f.body)? {
                         error = Some(e);
                     }
                 }

@@ -67,6 +67,27 @@ pub struct Manager {
     credential: RwLock<Credential>,
     connect_timeout: Duration,
     max_lifetime: Duration,
+    /// ParameterStatus values a connection reports once given a session's settings, by the
+    /// settings' fingerprint: lets a client log in without waiting for a free connection.
+    reported: Mutex<HashMap<u64, Arc<Vec<(String, String)>>>>,
+}
+
+impl Manager {
+    pub fn reported_params(&self, fingerprint: u64) -> Option<Arc<Vec<(String, String)>>> {
+        self.reported.lock().expect("reported params").get(&fingerprint).cloned()
+    }
+
+    pub fn remember_params(&self, fingerprint: u64, params: &[(String, String)]) {
+        let mut m = self.reported.lock().expect("reported params");
+        if m.len() > 1000 {
+            m.clear();
+        }
+        m.insert(fingerprint, Arc::new(params.to_vec()));
+    }
+
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
 }
 
 impl managed::Manager for Manager {
@@ -75,14 +96,8 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<ServerConn, PoolError> {
         let cred = self.credential.read().expect("credential lock").clone();
-        let conn = ServerConn::connect(
-            &self.key.node,
-            &self.key.user,
-            &self.key.database,
-            &cred,
-            self.connect_timeout,
-        )
-        .await;
+        let conn =
+            ServerConn::connect(&self.key.node, &self.key.user, &self.key.database, &cred, self.connect_timeout).await;
         match &conn {
             Ok(_) => tracing::debug!(pool = %self.key, "backend connection opened"),
             Err(e) => tracing::warn!(pool = %self.key, error = %e, "backend connection failed"),
@@ -127,10 +142,7 @@ pub struct PoolStatus {
 
 impl Pools {
     pub fn new(settings: PoolSettings) -> Arc<Self> {
-        Arc::new(Pools {
-            settings,
-            pools: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Pools { settings, pools: Mutex::new(HashMap::new()) })
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -157,6 +169,7 @@ impl Pools {
             credential: RwLock::new(credential.clone()),
             connect_timeout: self.settings.connect_timeout,
             max_lifetime: self.settings.max_lifetime,
+            reported: Mutex::new(HashMap::new()),
         };
         let pool = Pool::builder(manager)
             .max_size(size)
@@ -198,21 +211,14 @@ impl Pools {
     /// Closes idle connections past `idle_timeout` or `max_lifetime`, every few seconds,
     /// until `shutdown`.
     pub async fn reap(self: Arc<Self>, shutdown: CancellationToken) {
-        let period = (self.settings.idle_timeout / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let period = (self.settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let pools: Vec<Pool> = self
-                .pools
-                .lock()
-                .expect("pools lock")
-                .values()
-                .cloned()
-                .collect();
+            let pools: Vec<Pool> = self.pools.lock().expect("pools lock").values().cloned().collect();
             for p in pools {
                 let idle = self.settings.idle_timeout;
                 let life = self.settings.max_lifetime;
@@ -235,9 +241,7 @@ pub async fn checkout(pool: &Pool) -> Result<PooledConn, PoolError> {
         managed::PoolError::Timeout(managed::TimeoutType::Wait) => {
             PoolError::CheckoutTimeout(pool.timeouts().wait.unwrap_or_default())
         }
-        managed::PoolError::Timeout(_) => {
-            PoolError::ConnectTimeout(pool.manager().key.node.to_string())
-        }
+        managed::PoolError::Timeout(_) => PoolError::ConnectTimeout(pool.manager().key.node.to_string()),
         managed::PoolError::Backend(e) => e,
         managed::PoolError::Closed => PoolError::PoolClosed,
         managed::PoolError::NoRuntimeSpecified | managed::PoolError::PostCreateHook(_) => {

@@ -27,9 +27,7 @@ pub struct Classifier {
 impl Classifier {
     pub fn new(capacity: usize) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).expect("nonzero");
-        Classifier {
-            cache: Mutex::new(LruCache::new(cap)),
-        }
+        Classifier { cache: Mutex::new(LruCache::new(cap)) }
     }
 
     pub fn classify(&self, sql: &str) -> ClassRef {
@@ -47,10 +45,7 @@ impl Classifier {
         }
         let c = Arc::new(classify_full(sql));
         if sql.len() <= MAX_CACHED_LEN {
-            self.cache
-                .lock()
-                .expect("classifier cache")
-                .put(sql.into(), c.clone());
+            self.cache.lock().expect("classifier cache").put(sql.into(), c.clone());
         }
         (c, Source::Parse)
     }

@@ -39,16 +39,8 @@ pub fn classify_full(sql: &str) -> Class {
 /// The text of one statement of a batch, trimmed, for replaying it.
 fn statement_text<'a>(sql: &'a str, raw: &RawStmt) -> &'a str {
     let start = (raw.stmt_location.max(0) as usize).min(sql.len());
-    let end = if raw.stmt_len <= 0 {
-        sql.len()
-    } else {
-        (start + raw.stmt_len as usize).min(sql.len())
-    };
-    sql.get(start..end)
-        .unwrap_or(sql)
-        .trim()
-        .trim_end_matches(';')
-        .trim()
+    let end = if raw.stmt_len <= 0 { sql.len() } else { (start + raw.stmt_len as usize).min(sql.len()) };
+    sql.get(start..end).unwrap_or(sql).trim().trim_end_matches(';').trim()
 }
 
 fn statement(sql: &str, raw: &RawStmt, class: &mut Class) {
@@ -57,10 +49,7 @@ fn statement(sql: &str, raw: &RawStmt, class: &mut Class) {
     };
     match node {
         NodeEnum::SelectStmt(_) => walk_node(node, class),
-        NodeEnum::InsertStmt(_)
-        | NodeEnum::UpdateStmt(_)
-        | NodeEnum::DeleteStmt(_)
-        | NodeEnum::MergeStmt(_) => {
+        NodeEnum::InsertStmt(_) | NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) | NodeEnum::MergeStmt(_) => {
             class.require(Need::Write);
             walk_node(node, class);
         }
@@ -69,9 +58,7 @@ fn statement(sql: &str, raw: &RawStmt, class: &mut Class) {
         NodeEnum::TransactionStmt(t) => transaction(t, class),
         NodeEnum::ExplainStmt(e) => {
             let analyze = e.options.iter().any(|o| match &o.node {
-                Some(NodeEnum::DefElem(d)) => {
-                    d.defname == "analyze" && def_bool(d.arg.as_deref()).unwrap_or(true)
-                }
+                Some(NodeEnum::DefElem(d)) => d.defname == "analyze" && def_bool(d.arg.as_deref()).unwrap_or(true),
                 _ => false,
             });
             if analyze {
@@ -155,12 +142,10 @@ fn statement(sql: &str, raw: &RawStmt, class: &mut Class) {
         }
         other => {
             let name = variant_name(other);
-            let ddl = [
-                "Create", "Alter", "Drop", "Rename", "Comment", "Grant", "Define", "Security",
-                "Refresh", "Import",
-            ]
-            .iter()
-            .any(|p| name.starts_with(p));
+            let ddl =
+                ["Create", "Alter", "Drop", "Rename", "Comment", "Grant", "Define", "Security", "Refresh", "Import"]
+                    .iter()
+                    .any(|p| name.starts_with(p));
             class.ddl |= ddl;
             class.require(if ddl { Need::Ddl } else { Need::Unknown });
             walk_node(node, class);
@@ -172,10 +157,9 @@ fn statement(sql: &str, raw: &RawStmt, class: &mut Class) {
 fn inner_statement(node: &NodeEnum, class: &mut Class) {
     match node {
         NodeEnum::SelectStmt(_) => {}
-        NodeEnum::InsertStmt(_)
-        | NodeEnum::UpdateStmt(_)
-        | NodeEnum::DeleteStmt(_)
-        | NodeEnum::MergeStmt(_) => class.require(Need::Write),
+        NodeEnum::InsertStmt(_) | NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) | NodeEnum::MergeStmt(_) => {
+            class.require(Need::Write)
+        }
         _ => class.require(Need::Unknown),
     }
     walk_node(node, class);
@@ -229,12 +213,9 @@ fn transaction(t: &pg_query::protobuf::TransactionStmt, class: &mut Class) {
             for o in &t.options {
                 if let Some(NodeEnum::DefElem(d)) = &o.node {
                     match d.defname.as_str() {
-                        "transaction_read_only" => {
-                            read_only = def_bool(d.arg.as_deref()).unwrap_or(false)
-                        }
+                        "transaction_read_only" => read_only = def_bool(d.arg.as_deref()).unwrap_or(false),
                         "transaction_isolation" => {
-                            serializable =
-                                def_str(d.arg.as_deref()).as_deref() == Some("serializable")
+                            serializable = def_str(d.arg.as_deref()).as_deref() == Some("serializable")
                         }
                         _ => {}
                     }
@@ -244,10 +225,7 @@ fn transaction(t: &pg_query::protobuf::TransactionStmt, class: &mut Class) {
                 class.require(Need::TxControl);
             }
             if class.tx.is_none() {
-                class.tx = Some(TxControl::Begin {
-                    read_only,
-                    serializable,
-                });
+                class.tx = Some(TxControl::Begin { read_only, serializable });
             }
         }
         // COMMIT, ROLLBACK: end whatever transaction there is, wherever it runs.
@@ -271,24 +249,15 @@ fn variable_set(s: &pg_query::protobuf::VariableSetStmt, text: &str, class: &mut
     match s.kind {
         // SET name = value / TO DEFAULT / FROM CURRENT
         1..=3 => {
-            if matches!(
-                name.as_str(),
-                "transaction_isolation" | "transaction_read_only" | "transaction_deferrable"
-            ) {
+            if matches!(name.as_str(), "transaction_isolation" | "transaction_read_only" | "transaction_deferrable") {
                 return; // these apply to the current transaction only
             }
-            class.effects.push(Effect::Set {
-                name,
-                sql: text.to_owned(),
-            });
+            class.effects.push(Effect::Set { name, sql: text.to_owned() });
         }
         // SET TRANSACTION ... (this transaction) or SET SESSION CHARACTERISTICS AS TRANSACTION ...
         4 => {
             if name == "session characteristics" {
-                class.effects.push(Effect::Set {
-                    name,
-                    sql: text.to_owned(),
-                });
+                class.effects.push(Effect::Set { name, sql: text.to_owned() });
             }
         }
         5 => class.effects.push(Effect::Reset { name }),
@@ -327,9 +296,7 @@ fn walk(v: &Value, class: &mut Class, depth: usize) {
                     "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" if depth > 0 => {
                         class.require(Need::WritableCte)
                     }
-                    "locking_clause" if child.as_array().is_some_and(|a| !a.is_empty()) => {
-                        class.require(Need::Locking)
-                    }
+                    "locking_clause" if child.as_array().is_some_and(|a| !a.is_empty()) => class.require(Need::Locking),
                     "into_clause" if !child.is_null() => class.require(Need::SelectInto),
                     "FuncCall" => func_call(child, class),
                     _ => {}
@@ -353,11 +320,7 @@ fn range_var(v: &Value, class: &mut Class) {
 
 /// The string value of a node (`{"String": {"sval": ..}}`).
 fn sval(v: &Value) -> Option<&str> {
-    v.get("node")
-        .unwrap_or(v)
-        .get("String")?
-        .get("sval")?
-        .as_str()
+    v.get("node").unwrap_or(v).get("String")?.get("sval")?.as_str()
 }
 
 /// A constant argument: a string or boolean literal, possibly cast.
@@ -371,41 +334,26 @@ fn const_arg(v: &Value) -> Option<String> {
         return Some(s.get("sval")?.as_str()?.to_owned());
     }
     if let Some(b) = val.get("Boolval") {
-        return Some(
-            b.get("boolval")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
-                .to_string(),
-        );
+        return Some(b.get("boolval").and_then(Value::as_bool).unwrap_or(false).to_string());
     }
     None
 }
 
 fn func_call(v: &Value, class: &mut Class) {
-    let names: Vec<&str> = v
-        .get("funcname")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(sval).collect())
-        .unwrap_or_default();
+    let names: Vec<&str> =
+        v.get("funcname").and_then(Value::as_array).map(|a| a.iter().filter_map(sval).collect()).unwrap_or_default();
     let Some(name) = names.last().map(|n| n.to_lowercase()) else {
         return;
     };
     match functions::known(&name) {
         Some(Known::SetConfig) => {
-            let args: Vec<Option<String>> = v
-                .get("args")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(const_arg).collect())
-                .unwrap_or_default();
+            let args: Vec<Option<String>> =
+                v.get("args").and_then(Value::as_array).map(|a| a.iter().map(const_arg).collect()).unwrap_or_default();
             match args.as_slice() {
                 [Some(_), Some(_), Some(local)] if local == "true" => {}
                 [Some(n), Some(val), Some(_)] => class.effects.push(Effect::Set {
                     name: n.to_lowercase(),
-                    sql: format!(
-                        "SELECT pg_catalog.set_config({}, {}, false)",
-                        quote_literal(n),
-                        quote_literal(val)
-                    ),
+                    sql: format!("SELECT pg_catalog.set_config({}, {}, false)", quote_literal(n), quote_literal(val)),
                 }),
                 _ => {
                     class.require(Need::SessionState);

@@ -11,35 +11,17 @@
 use super::{Class, Need, TxControl};
 
 /// Words that, after `SELECT`, make the fast path give up.
-const SELECT_STOP: &[&str] = &[
-    "into",
-    "for",
-    "with",
-    "union",
-    "table",
-    "pg_temp",
-    "information_schema",
-    "lateral",
-];
+const SELECT_STOP: &[&str] = &["into", "for", "with", "union", "table", "pg_temp", "information_schema", "lateral"];
 
 /// Substrings that make a write need the full parse (session effects hide in function calls).
-const WRITE_STOP: &[&str] = &[
-    "currval",
-    "lastval",
-    "set_config",
-    "advisory",
-    "pg_temp",
-    "with",
-    "temp",
-];
+const WRITE_STOP: &[&str] = &["currval", "lastval", "set_config", "advisory", "pg_temp", "with", "temp"];
 
 /// SQL keywords that are not relation names (for the relation list of a fast-path read).
 const KEYWORDS: &[&str] = &[
-    "select", "from", "where", "and", "or", "not", "as", "on", "join", "left", "right", "inner",
-    "outer", "full", "cross", "natural", "using", "order", "by", "group", "having", "limit",
-    "offset", "asc", "desc", "nulls", "first", "last", "distinct", "all", "is", "null", "true",
-    "false", "in", "between", "like", "ilike", "case", "when", "then", "else", "end", "only",
-    "fetch", "next", "rows", "row", "ties", "any", "some", "exists",
+    "select", "from", "where", "and", "or", "not", "as", "on", "join", "left", "right", "inner", "outer", "full",
+    "cross", "natural", "using", "order", "by", "group", "having", "limit", "offset", "asc", "desc", "nulls", "first",
+    "last", "distinct", "all", "is", "null", "true", "false", "in", "between", "like", "ilike", "case", "when", "then",
+    "else", "end", "only", "fetch", "next", "rows", "row", "ties", "any", "some", "exists",
 ];
 
 fn is_ident(b: u8) -> bool {
@@ -92,10 +74,7 @@ fn words(sql: &str, mut f: impl FnMut(&str) -> bool) -> Option<()> {
 pub fn classify_fast(sql: &str) -> Option<Class> {
     let s = sql.trim();
     let s = s.strip_suffix(';').unwrap_or(s).trim_end();
-    let first_end = s
-        .bytes()
-        .position(|c| !c.is_ascii_alphabetic())
-        .unwrap_or(s.len());
+    let first_end = s.bytes().position(|c| !c.is_ascii_alphabetic()).unwrap_or(s.len());
     let first = &s[..first_end];
     if first.eq_ignore_ascii_case("select") {
         let mut relations = Vec::new();
@@ -119,16 +98,8 @@ pub fn classify_fast(sql: &str) -> Option<Class> {
         c.relations = relations;
         return Some(c);
     }
-    if ["insert", "update", "delete"]
-        .iter()
-        .any(|k| first.eq_ignore_ascii_case(k))
-    {
-        if s.contains(';')
-            || s.contains("--")
-            || s.contains("/*")
-            || s.contains('"')
-            || s.contains('\\')
-        {
+    if ["insert", "update", "delete"].iter().any(|k| first.eq_ignore_ascii_case(k)) {
+        if s.contains(';') || s.contains("--") || s.contains("/*") || s.contains('"') || s.contains('\\') {
             return None;
         }
         let lower = s.to_ascii_lowercase();
@@ -145,16 +116,11 @@ pub fn classify_fast(sql: &str) -> Option<Class> {
     let lower = s.to_ascii_lowercase();
     match lower.as_str() {
         "begin" | "start transaction" | "begin transaction" | "begin work" => {
-            let mut c = tx(TxControl::Begin {
-                read_only: false,
-                serializable: false,
-            });
+            let mut c = tx(TxControl::Begin { read_only: false, serializable: false });
             c.need = Need::TxControl;
             Some(c)
         }
-        "commit" | "end" | "rollback" | "abort" | "commit work" | "rollback work" => {
-            Some(tx(TxControl::End))
-        }
+        "commit" | "end" | "rollback" | "abort" | "commit work" | "rollback work" => Some(tx(TxControl::End)),
         _ => None,
     }
 }

@@ -62,8 +62,5 @@ pub fn route(class: &Class, session: &SessionView) -> Route {
     } else {
         Reason::NoReplica
     };
-    Route {
-        target: Target::Primary,
-        reason,
-    }
+    Route { target: Target::Primary, reason }
 }

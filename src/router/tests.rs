@@ -42,10 +42,7 @@ fn needs_primary() {
         ("INSERT INTO t VALUES (1)", Need::Write),
         ("UPDATE t SET a = 1", Need::Write),
         ("DELETE FROM t", Need::Write),
-        (
-            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
-            Need::Write,
-        ),
+        ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", Need::Write),
         ("TRUNCATE t", Need::Write),
         ("CREATE TABLE t (a int)", Need::Ddl),
         ("ALTER TABLE t ADD COLUMN b int", Need::Ddl),
@@ -57,24 +54,12 @@ fn needs_primary() {
         ("CREATE TABLE x AS SELECT 1", Need::Ddl),
         ("SELECT * INTO newt FROM t", Need::SelectInto),
         ("SELECT * FROM t FOR UPDATE", Need::Locking),
-        (
-            "SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED",
-            Need::Locking,
-        ),
+        ("SELECT * FROM t FOR NO KEY UPDATE SKIP LOCKED", Need::Locking),
         ("SELECT * FROM t FOR SHARE", Need::Locking),
         ("SELECT * FROM t FOR KEY SHARE", Need::Locking),
-        (
-            "SELECT * FROM (SELECT * FROM t FOR UPDATE) s",
-            Need::Locking,
-        ),
-        (
-            "WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x",
-            Need::WritableCte,
-        ),
-        (
-            "WITH a AS (WITH b AS (DELETE FROM t RETURNING *) SELECT * FROM b) SELECT * FROM a",
-            Need::WritableCte,
-        ),
+        ("SELECT * FROM (SELECT * FROM t FOR UPDATE) s", Need::Locking),
+        ("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x", Need::WritableCte),
+        ("WITH a AS (WITH b AS (DELETE FROM t RETURNING *) SELECT * FROM b) SELECT * FROM a", Need::WritableCte),
         ("SELECT nextval('s')", Need::SideEffectFunction),
         ("SELECT setval('s', 1)", Need::SideEffectFunction),
         ("SELECT pg_notify('c', 'x')", Need::SideEffectFunction),
@@ -84,42 +69,27 @@ fn needs_primary() {
         ("SELECT pg_current_wal_lsn()", Need::SideEffectFunction),
         ("SELECT lo_create(0)", Need::SideEffectFunction),
         ("SELECT pg_advisory_xact_lock(1)", Need::SideEffectFunction),
-        (
-            "SELECT * FROM t WHERE id = (SELECT nextval('s'))",
-            Need::SideEffectFunction,
-        ),
+        ("SELECT * FROM t WHERE id = (SELECT nextval('s'))", Need::SideEffectFunction),
         ("SELECT currval('s')", Need::SessionState),
         ("SELECT lastval()", Need::SessionState),
         ("SELECT pg_advisory_lock(1)", Need::SessionState),
         ("COPY t FROM STDIN", Need::Copy),
         ("COPY t TO '/tmp/x'", Need::Copy),
         ("COPY t TO PROGRAM 'cat'", Need::Copy),
-        (
-            "COPY (INSERT INTO t VALUES (1) RETURNING *) TO STDOUT",
-            Need::Write,
-        ),
-        (
-            "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
-            Need::ExplainAnalyze,
-        ),
+        ("COPY (INSERT INTO t VALUES (1) RETURNING *) TO STDOUT", Need::Write),
+        ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", Need::ExplainAnalyze),
         ("EXPLAIN (ANALYZE) DELETE FROM t", Need::ExplainAnalyze),
         ("EXPLAIN ANALYZE SELECT nextval('s')", Need::ExplainAnalyze),
         ("BEGIN", Need::TxControl),
         ("START TRANSACTION", Need::TxControl),
-        (
-            "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
-            Need::TxControl,
-        ),
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", Need::TxControl),
         ("PREPARE TRANSACTION 'x'", Need::Write),
         ("COMMIT PREPARED 'x'", Need::Write),
         ("LISTEN jobs", Need::SessionState),
         ("UNLISTEN *", Need::SessionState),
         ("NOTIFY jobs", Need::Write),
         ("CREATE TEMP TABLE tt (a int)", Need::Ddl),
-        (
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            Need::SessionState,
-        ),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Need::SessionState),
         ("PREPARE p AS SELECT 1", Need::SessionState),
         ("EXECUTE p", Need::SessionState),
         ("LOCK TABLE t", Need::Utility),
@@ -143,65 +113,24 @@ fn needs_primary() {
 #[test]
 fn effects() {
     let c = classify_full("SET search_path TO a, b");
-    assert_eq!(
-        c.effects,
-        vec![Effect::Set {
-            name: "search_path".into(),
-            sql: "SET search_path TO a, b".into()
-        }]
-    );
+    assert_eq!(c.effects, vec![Effect::Set { name: "search_path".into(), sql: "SET search_path TO a, b".into() }]);
     let c = classify_full("select 1; set local work_mem = '1MB'; SET application_name = 'x';");
     assert_eq!(
         c.effects,
-        vec![Effect::Set {
-            name: "application_name".into(),
-            sql: "SET application_name = 'x'".into()
-        }]
+        vec![Effect::Set { name: "application_name".into(), sql: "SET application_name = 'x'".into() }]
     );
-    assert_eq!(
-        classify_full("RESET work_mem").effects,
-        vec![Effect::Reset {
-            name: "work_mem".into()
-        }]
-    );
+    assert_eq!(classify_full("RESET work_mem").effects, vec![Effect::Reset { name: "work_mem".into() }]);
     assert_eq!(classify_full("RESET ALL").effects, vec![Effect::ResetAll]);
-    assert_eq!(
-        classify_full("DISCARD ALL").effects,
-        vec![Effect::DiscardAll]
-    );
-    assert_eq!(
-        classify_full("DEALLOCATE ALL").effects,
-        vec![Effect::DeallocateAll]
-    );
-    assert_eq!(
-        classify_full("DISCARD TEMP").effects,
-        vec![Effect::Unpin(Pin::TempObject)]
-    );
-    assert_eq!(
-        classify_full("UNLISTEN *").effects,
-        vec![Effect::Unpin(Pin::Listen)]
-    );
+    assert_eq!(classify_full("DISCARD ALL").effects, vec![Effect::DiscardAll]);
+    assert_eq!(classify_full("DEALLOCATE ALL").effects, vec![Effect::DeallocateAll]);
+    assert_eq!(classify_full("DISCARD TEMP").effects, vec![Effect::Unpin(Pin::TempObject)]);
+    assert_eq!(classify_full("UNLISTEN *").effects, vec![Effect::Unpin(Pin::Listen)]);
     assert!(classify_full("UNLISTEN jobs").effects.is_empty());
-    assert_eq!(
-        classify_full("SELECT pg_advisory_unlock_all()").effects,
-        vec![Effect::Unpin(Pin::AdvisoryLock)]
-    );
-    assert_eq!(
-        classify_full("CLOSE ALL").effects,
-        vec![Effect::Unpin(Pin::HoldCursor)]
-    );
-    assert_eq!(
-        classify_full("LISTEN a").effects,
-        vec![Effect::Pin(Pin::Listen)]
-    );
-    assert_eq!(
-        classify_full("SELECT currval('s')").effects,
-        vec![Effect::Pin(Pin::Sequence)]
-    );
-    assert_eq!(
-        classify_full("CREATE TEMPORARY TABLE x AS SELECT 1").effects,
-        vec![Effect::Pin(Pin::TempObject)]
-    );
+    assert_eq!(classify_full("SELECT pg_advisory_unlock_all()").effects, vec![Effect::Unpin(Pin::AdvisoryLock)]);
+    assert_eq!(classify_full("CLOSE ALL").effects, vec![Effect::Unpin(Pin::HoldCursor)]);
+    assert_eq!(classify_full("LISTEN a").effects, vec![Effect::Pin(Pin::Listen)]);
+    assert_eq!(classify_full("SELECT currval('s')").effects, vec![Effect::Pin(Pin::Sequence)]);
+    assert_eq!(classify_full("CREATE TEMPORARY TABLE x AS SELECT 1").effects, vec![Effect::Pin(Pin::TempObject)]);
     assert_eq!(
         classify_full("SELECT set_config('search_path', 'a, b', false)").effects,
         vec![Effect::Set {
@@ -209,53 +138,22 @@ fn effects() {
             sql: "SELECT pg_catalog.set_config('search_path', 'a, b', false)".into()
         }]
     );
-    assert!(classify_full("SELECT set_config('search_path', 'a', true)")
-        .effects
-        .is_empty());
-    assert_eq!(
-        classify_full("SELECT set_config('x.y', current_user, false)").effects,
-        vec![Effect::Pin(Pin::Other)]
-    );
+    assert!(classify_full("SELECT set_config('search_path', 'a', true)").effects.is_empty());
+    assert_eq!(classify_full("SELECT set_config('x.y', current_user, false)").effects, vec![Effect::Pin(Pin::Other)]);
     // Transaction-scoped settings are not session state.
-    assert!(
-        classify_full("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-            .effects
-            .is_empty()
-    );
-    assert!(classify_full("SET transaction_read_only = on")
-        .effects
-        .is_empty());
-    assert_eq!(
-        classify_full("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
-            .effects
-            .len(),
-        1
-    );
+    assert!(classify_full("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").effects.is_empty());
+    assert!(classify_full("SET transaction_read_only = on").effects.is_empty());
+    assert_eq!(classify_full("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE").effects.len(), 1);
 }
 
 #[test]
 fn transactions() {
     let tx = |sql: &str| classify_full(sql).tx;
-    assert_eq!(
-        tx("BEGIN"),
-        Some(TxControl::Begin {
-            read_only: false,
-            serializable: false
-        })
-    );
-    assert_eq!(
-        tx("BEGIN READ ONLY"),
-        Some(TxControl::Begin {
-            read_only: true,
-            serializable: false
-        })
-    );
+    assert_eq!(tx("BEGIN"), Some(TxControl::Begin { read_only: false, serializable: false }));
+    assert_eq!(tx("BEGIN READ ONLY"), Some(TxControl::Begin { read_only: true, serializable: false }));
     assert_eq!(
         tx("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY"),
-        Some(TxControl::Begin {
-            read_only: true,
-            serializable: true
-        })
+        Some(TxControl::Begin { read_only: true, serializable: true })
     );
     assert_eq!(tx("COMMIT"), Some(TxControl::End));
     assert_eq!(tx("END"), Some(TxControl::End));
@@ -264,43 +162,24 @@ fn transactions() {
 
 #[test]
 fn functions_and_relations() {
-    let c = classify_full(
-        "SELECT my_fn(a), lower(b) FROM public.accounts a JOIN other o ON a.id = o.id",
-    );
+    let c = classify_full("SELECT my_fn(a), lower(b) FROM public.accounts a JOIN other o ON a.id = o.id");
     assert_eq!(c.functions, vec!["lower".to_string(), "my_fn".to_string()]);
-    assert_eq!(
-        c.relations,
-        vec!["accounts".to_string(), "other".to_string()]
-    );
+    assert_eq!(c.relations, vec!["accounts".to_string(), "other".to_string()]);
     assert!(!c.catalog);
     assert!(classify_full("SELECT * FROM pg_catalog.pg_class").catalog);
     assert!(classify_full("SELECT * FROM information_schema.tables").catalog);
     // functions nested anywhere are found
-    let c = classify_full(
-        "SELECT CASE WHEN x THEN f1() ELSE (SELECT f2() LIMIT f3()) END FROM t ORDER BY f4()",
-    );
+    let c = classify_full("SELECT CASE WHEN x THEN f1() ELSE (SELECT f2() LIMIT f3()) END FROM t ORDER BY f4()");
     assert_eq!(c.functions, vec!["f1", "f2", "f3", "f4"]);
 }
 
 #[test]
 fn hints() {
-    assert_eq!(
-        classify_full("/* pgsplit:primary */ SELECT 1").hint,
-        Some(Hint::Primary)
-    );
-    assert_eq!(
-        classify_full("SELECT 1 /* pgsplit:replica */").hint,
-        Some(Hint::Replica)
-    );
-    assert_eq!(
-        classify_full("SELECT 1 -- pgsplit:replica\n").hint,
-        Some(Hint::Replica)
-    );
+    assert_eq!(classify_full("/* pgsplit:primary */ SELECT 1").hint, Some(Hint::Primary));
+    assert_eq!(classify_full("SELECT 1 /* pgsplit:replica */").hint, Some(Hint::Replica));
+    assert_eq!(classify_full("SELECT 1 -- pgsplit:replica\n").hint, Some(Hint::Replica));
     assert_eq!(classify_full("SELECT 1").hint, None);
-    assert_eq!(
-        classify_full("/* pgsplit:replica */ SELEC").hint,
-        Some(Hint::Replica)
-    );
+    assert_eq!(classify_full("/* pgsplit:replica */ SELEC").hint, Some(Hint::Replica));
 }
 
 /// The fast path either declines or agrees with the full classifier.
@@ -343,27 +222,21 @@ fn fast_path_agrees_with_full_parse() {
             assert_eq!(fast.tx, full.tx, "{sql}");
             assert_eq!(fast.effects, full.effects, "{sql}");
             assert_eq!(fast.hint, full.hint, "{sql}");
-            assert!(
-                full.functions.is_empty(),
-                "{sql}: fast path must not skip functions"
-            );
+            assert!(full.functions.is_empty(), "{sql}: fast path must not skip functions");
             if full.is_read() {
                 for r in &full.relations {
-                    assert!(
-                        fast.relations.contains(r),
-                        "{sql}: fast path lost relation {r}"
-                    );
+                    assert!(fast.relations.contains(r), "{sql}: fast path lost relation {r}");
                 }
             }
         }
     }
     // and it does answer the hot shapes
     assert!(classify_fast("SELECT abalance FROM pgbench_accounts WHERE aid = 42;").is_some());
-    assert!(
-        classify_fast("UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 7;")
-            .is_some()
-    );
-    assert!(classify_fast("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);").is_some());
+    assert!(classify_fast("UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 7;").is_some());
+    assert!(classify_fast(
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);"
+    )
+    .is_some());
     assert!(classify_fast("BEGIN;").is_some());
     assert!(classify_fast("END;").is_some());
 }
@@ -385,34 +258,13 @@ fn cache_returns_same_class() {
 #[test]
 fn policy_is_primary_with_a_reason() {
     use pgsplit_protocol::TxStatus;
-    let idle = policy::SessionView {
-        tx: TxStatus::Idle,
-        pinned: false,
-    };
+    let idle = policy::SessionView { tx: TxStatus::Idle, pinned: false };
     let r = route(&classify_full("INSERT INTO t VALUES (1)"), &idle);
-    assert_eq!(
-        r,
-        Route {
-            target: Target::Primary,
-            reason: Reason::Needs(Need::Write)
-        }
-    );
+    assert_eq!(r, Route { target: Target::Primary, reason: Reason::Needs(Need::Write) });
     let r = route(&classify_full("SELECT 1"), &idle);
     assert_eq!(r.reason, Reason::NoReplica);
-    let r = route(
-        &classify_full("SELECT 1"),
-        &policy::SessionView {
-            tx: TxStatus::InTransaction,
-            pinned: false,
-        },
-    );
+    let r = route(&classify_full("SELECT 1"), &policy::SessionView { tx: TxStatus::InTransaction, pinned: false });
     assert_eq!(r.reason, Reason::InTransaction);
-    let r = route(
-        &classify_full("SELECT 1"),
-        &policy::SessionView {
-            tx: TxStatus::Idle,
-            pinned: true,
-        },
-    );
+    let r = route(&classify_full("SELECT 1"), &policy::SessionView { tx: TxStatus::Idle, pinned: true });
     assert_eq!(r.reason, Reason::Pinned);
 }

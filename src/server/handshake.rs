@@ -45,18 +45,14 @@ async fn read_packet<S: AsyncRead + Unpin>(
 
 async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, e: &HandshakeError) {
     let code = match e {
-        HandshakeError::Protocol(ProtocolError::UnsupportedProtocol { .. }) => {
-            SqlState::FEATURE_NOT_SUPPORTED
-        }
+        HandshakeError::Protocol(ProtocolError::UnsupportedProtocol { .. }) => SqlState::FEATURE_NOT_SUPPORTED,
         _ => SqlState::PROTOCOL_VIOLATION,
     };
     let msg = match e {
         HandshakeError::Protocol(p) => format!("invalid startup packet: {p}"),
         other => other.to_string(),
     };
-    let _ = s
-        .write_all(&ErrorResponse::fatal(code, msg).to_bytes())
-        .await;
+    let _ = s.write_all(&ErrorResponse::fatal(code, msg).to_bytes()).await;
 }
 
 /// Serves one TCP client from its first byte.
@@ -80,11 +76,7 @@ pub async fn tcp(
             Ok(StartupPacket::SslRequest) => {
                 if !buf.is_empty() {
                     // Bytes after SSLRequest, before the handshake, could be injected in the clear.
-                    refuse(
-                        &mut tcp,
-                        &HandshakeError::Refused("unencrypted data after SSL request"),
-                    )
-                    .await;
+                    refuse(&mut tcp, &HandshakeError::Refused("unencrypted data after SSL request")).await;
                     return;
                 }
                 match &tls {
@@ -124,11 +116,7 @@ pub async fn tcp(
 }
 
 /// Serves a client over a Unix socket (no TLS there; SSLRequest gets `N`).
-pub async fn unix(
-    ctx: Arc<Context>,
-    mut s: tokio::net::UnixStream,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+pub async fn unix(ctx: Arc<Context>, mut s: tokio::net::UnixStream, permit: Option<OwnedSemaphorePermit>) {
     let timeout = ctx.settings.server.startup_timeout;
     let max = ctx.settings.server.limits.max_startup;
     let mut buf = BytesMut::new();
@@ -148,12 +136,8 @@ pub async fn unix(
     startup(ctx, s, buf, first, "unix".into(), false, permit).await
 }
 
-async fn after_tls<S>(
-    ctx: Arc<Context>,
-    mut s: S,
-    peer: String,
-    permit: Option<OwnedSemaphorePermit>,
-) where
+async fn after_tls<S>(ctx: Arc<Context>, mut s: S, peer: String, permit: Option<OwnedSemaphorePermit>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeout = ctx.settings.server.startup_timeout;
@@ -161,11 +145,7 @@ async fn after_tls<S>(
     let mut buf = BytesMut::new();
     let p = match tokio::time::timeout(timeout, read_packet(&mut s, &mut buf, max)).await {
         Ok(Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
-            return refuse(
-                &mut s,
-                &HandshakeError::Refused("encryption requested twice"),
-            )
-            .await
+            return refuse(&mut s, &HandshakeError::Refused("encryption requested twice")).await
         }
         Ok(Ok(p)) => p,
         Ok(Err(HandshakeError::Closed)) => return,
@@ -193,9 +173,7 @@ async fn startup<S>(
         }
         StartupPacket::Startup { params } => {
             if permit.is_none() {
-                let e = crate::error::Error::TooManyClients
-                    .response()
-                    .expect("has a response");
+                let e = crate::error::Error::TooManyClients.response().expect("has a response");
                 crate::metrics::login_failed(e.code.code());
                 let _ = s.write_all(&e.to_bytes()).await;
                 return;

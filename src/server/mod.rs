@@ -19,10 +19,7 @@ use crate::context::Context;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -43,48 +40,26 @@ impl Server {
             None => None,
         };
         let addr = settings.server.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
         let unix = match &settings.server.unix_socket_dir {
             Some(dir) => {
-                let path = dir.join(format!(
-                    ".s.PGSQL.{}",
-                    listener
-                        .local_addr()
-                        .map(|a| a.port())
-                        .unwrap_or(addr.port())
-                ));
+                let path =
+                    dir.join(format!(".s.PGSQL.{}", listener.local_addr().map(|a| a.port()).unwrap_or(addr.port())));
                 let _ = std::fs::remove_file(&path);
-                let l = UnixListener::bind(&path).map_err(|source| ServerError::Bind {
-                    addr: path.display().to_string(),
-                    source,
-                })?;
+                let l = UnixListener::bind(&path)
+                    .map_err(|source| ServerError::Bind { addr: path.display().to_string(), source })?;
                 Some((l, path))
             }
             None => None,
         };
         let admin = match settings.admin_listen {
-            Some(a) => Some(
-                TcpListener::bind(a)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: a.to_string(),
-                        source,
-                    })?,
-            ),
+            Some(a) => {
+                Some(TcpListener::bind(a).await.map_err(|source| ServerError::Bind { addr: a.to_string(), source })?)
+            }
             None => None,
         };
-        Ok(Server {
-            ctx: Context::new(settings),
-            listener,
-            unix,
-            admin,
-            tls,
-        })
+        Ok(Server { ctx: Context::new(settings), listener, unix, admin, tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,23 +81,13 @@ impl Server {
 
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn serve(self) {
-        let Server {
-            ctx,
-            listener,
-            unix,
-            admin,
-            tls,
-        } = self;
+        let Server { ctx, listener, unix, admin, tls } = self;
         let metrics = crate::metrics::install();
         let slots = Arc::new(Semaphore::new(ctx.settings.server.max_clients));
         let mut background = Vec::new();
         background.push(tokio::spawn(ctx.pools.clone().reap(ctx.shutdown.clone())));
         if let Some(admin) = admin {
-            background.push(tokio::spawn(crate::admin::serve(
-                admin,
-                ctx.clone(),
-                metrics,
-            )));
+            background.push(tokio::spawn(crate::admin::serve(admin, ctx.clone(), metrics)));
         }
         let unix_path = unix.as_ref().map(|(_, p)| p.clone());
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "pgsplit accepting clients");
@@ -159,10 +124,7 @@ impl Server {
         let timeout = ctx.settings.server.shutdown_timeout;
         tracing::info!(clients = ctx.cancels.len(), timeout = ?timeout, "shutting down: no new clients; waiting for open transactions");
         ctx.sessions.close();
-        if tokio::time::timeout(timeout, ctx.sessions.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(timeout, ctx.sessions.wait()).await.is_err() {
             tracing::warn!("shutdown_timeout reached; closing remaining connections");
         }
         ctx.pools.close_all();

@@ -35,28 +35,32 @@ impl Session {
                 }
             }
             conn.state_fp = fp;
+            self.pool.manager().remember_params(fp, &conn.params);
         }
-        self.cancel.slot.attach(CancelTarget {
-            addr: conn.addr.clone(),
-            pid: conn.pid,
-            secret: conn.secret,
-        });
+        self.cancel.slot.attach(CancelTarget { addr: conn.addr.clone(), pid: conn.pid, secret: conn.secret });
         self.backend = Some(Backend { conn, target });
         Ok(())
     }
 
-    /// The ParameterStatus values the client is shown at startup.
-    pub(super) fn reported_params(&self) -> Vec<(String, String)> {
-        self.backend
-            .as_ref()
-            .map(|b| b.conn.params.clone())
-            .unwrap_or_default()
+    /// The ParameterStatus values the client is shown at startup: known from an earlier login
+    /// with the same settings, or read off a connection (which also proves the backend accepts
+    /// this user and database).
+    pub(super) async fn reported_params(&mut self) -> Result<Vec<(String, String)>, Error> {
+        let fp = self.params.fingerprint();
+        if let Some(p) = self.pool.manager().reported_params(fp) {
+            return Ok(p.as_ref().clone());
+        }
+        self.attach_primary().await?;
+        let b = self.backend.as_ref().expect("attached");
+        self.pool.manager().remember_params(fp, &b.conn.params);
+        Ok(b.conn.params.clone())
     }
 
     /// Gives the backend connection back to its pool (it is idle and clean).
     pub(super) async fn release(&mut self) {
         let Some(b) = self.backend.take() else { return };
         self.cancel.slot.detach().await;
+        tracing::trace!(pid = b.conn.pid, "backend released");
         if b.conn.prepared.len() > MAX_PREPARED_PER_CONN || b.conn.broken {
             discard(b.conn);
         }
@@ -68,8 +72,7 @@ impl Session {
         let Some(mut b) = self.backend.take() else {
             return;
         };
-        let busy =
-            !self.batches.is_empty() || self.batch_open || self.copy_in || !self.bout.is_empty();
+        let busy = !self.batches.is_empty() || self.batch_open || self.copy_in || !self.bout.is_empty();
         if busy && !b.conn.broken {
             crate::cancel::send_cancel(&CancelTarget {
                 addr: b.conn.addr.clone(),
@@ -83,8 +86,7 @@ impl Session {
             discard(b.conn);
             return;
         }
-        if self.tx != pgsplit_protocol::TxStatus::Idle && b.conn.execute("ROLLBACK").await.is_err()
-        {
+        if self.tx != pgsplit_protocol::TxStatus::Idle && b.conn.execute("ROLLBACK").await.is_err() {
             discard(b.conn);
             return;
         }

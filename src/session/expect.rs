@@ -186,13 +186,7 @@ mod tests {
     fn skipped_parse_is_answered_in_place() {
         // Parse(existing) Describe(S) Bind Execute Sync: the Parse is not sent.
         let mut e = Expectations::default();
-        for x in [
-            Expect::Synth(b'1'),
-            Expect::DescribeStatement,
-            Expect::Bind,
-            Expect::Execute,
-            Expect::Sync,
-        ] {
+        for x in [Expect::Synth(b'1'), Expect::DescribeStatement, Expect::Bind, Expect::Execute, Expect::Sync] {
             e.push(x);
         }
         let (seen, _) = run(&mut e, b"tT2DDCZ");
@@ -203,15 +197,7 @@ mod tests {
     #[test]
     fn injected_parse_is_swallowed() {
         let mut e = Expectations::default();
-        for x in [
-            Expect::Parse {
-                swallow: true,
-                id: Some(7),
-            },
-            Expect::Bind,
-            Expect::Execute,
-            Expect::Sync,
-        ] {
+        for x in [Expect::Parse { swallow: true, id: Some(7) }, Expect::Bind, Expect::Execute, Expect::Sync] {
             e.push(x);
         }
         let (seen, forget) = run(&mut e, b"12CZ");
@@ -223,14 +209,8 @@ mod tests {
     fn error_skips_to_sync_and_forgets_unprepared() {
         let mut e = Expectations::default();
         for x in [
-            Expect::Parse {
-                swallow: false,
-                id: Some(1),
-            },
-            Expect::Parse {
-                swallow: false,
-                id: Some(2),
-            },
+            Expect::Parse { swallow: false, id: Some(1) },
+            Expect::Parse { swallow: false, id: Some(2) },
             Expect::Synth(b'3'),
             Expect::Bind,
             Expect::Sync,

@@ -8,10 +8,8 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use pgsplit_protocol::backend::encode_ready;
 use pgsplit_protocol::framing::{peek_header, FrameHeader};
-use pgsplit_protocol::frontend::{
-    bind_statement, encode_parse, encode_target, rewrite_bind, Target as DescribeTarget,
-};
-use pgsplit_protocol::{ErrorResponse, FrontendMessage, ProtocolError, Severity, SqlState};
+use pgsplit_protocol::frontend::{bind_statement, encode_parse, encode_target, rewrite_bind, Target as DescribeTarget};
+use pgsplit_protocol::{ErrorResponse, FrontendMessage, ProtocolError, Severity, SqlState, TxStatus};
 
 use super::expect::Expect;
 use super::relay::{Batch, Session};
@@ -39,8 +37,7 @@ impl Session {
     pub(super) async fn process_client(&mut self) -> Result<(), Error> {
         loop {
             let limits = self.limits;
-            let Some(h) = peek_header(&self.cin, |t| limits.frontend_cap(t)).map_err(protocol)?
-            else {
+            let Some(h) = peek_header(&self.cin, |t| limits.frontend_cap(t)).map_err(protocol)? else {
                 return Ok(());
             };
             if self.cin.len() < h.total {
@@ -75,17 +72,10 @@ impl Session {
     }
 
     fn decide(&self, class: &Class) -> Route {
-        let view = policy::SessionView {
-            tx: self.tx,
-            pinned: !self.pins.is_empty(),
-        };
+        let view = policy::SessionView { tx: self.tx, pinned: !self.pins.is_empty() };
         let r = policy::route(class, &view);
         crate::metrics::routed(target_label(r.target), r.reason.as_str());
-        tracing::debug!(
-            target = target_label(r.target),
-            reason = r.reason.as_str(),
-            "routed"
-        );
+        tracing::debug!(target = target_label(r.target), reason = r.reason.as_str(), "routed");
         r
     }
 
@@ -104,9 +94,7 @@ impl Session {
 
     async fn simple_query(&mut self, h: FrameHeader) -> Result<(), Error> {
         let body = &self.cin[5..h.total];
-        let sql = body
-            .strip_suffix(&[0])
-            .ok_or(protocol(ProtocolError::MissingNul))?;
+        let sql = body.strip_suffix(&[0]).ok_or(protocol(ProtocolError::MissingNul))?;
         let class = match std::str::from_utf8(sql) {
             Ok(s) => self.classify(s),
             Err(_) => Arc::new(Class::new(Need::ParseError)),
@@ -192,6 +180,9 @@ impl Session {
             // otherwise route on the complete frames at hand and keep the rest of the batch
             // on the same backend.
             let end = self.batch_end();
+            if self.backend.is_none() && self.prepare_locally(end)? {
+                return Ok(());
+            }
             let class = self.batch_class(end)?;
             let route = self.decide(&class);
             if let Err(e) = self.attach(route.target).await {
@@ -227,18 +218,67 @@ impl Session {
         at
     }
 
+    /// Answers a batch of only named Parse messages and a Sync (what libpq's `PQprepare` sends)
+    /// without a backend connection: the statements are registered for the client and prepared
+    /// on a backend when first used. Statements PostgreSQL's parser rejects still go to the
+    /// server so that the client gets the server's own error. Holding no connection here matters:
+    /// a client that prepares synchronously while its other connections hold every backend in a
+    /// transaction would otherwise wait for itself.
+    fn prepare_locally(&mut self, end: usize) -> Result<bool, Error> {
+        if self.tx != TxStatus::Idle || end == 0 {
+            return Ok(false);
+        }
+        let mut parses = Vec::new();
+        let mut ends_with_sync = false;
+        let mut eligible = true;
+        self.frames(end, |tag, body| {
+            match tag {
+                b'P' if !ends_with_sync => match FrontendMessage::decode(tag, body).map_err(protocol)? {
+                    FrontendMessage::Parse { name, sql, param_types } if !name.is_empty() => {
+                        parses.push((name, sql, param_types))
+                    }
+                    _ => eligible = false,
+                },
+                b'S' => ends_with_sync = true,
+                _ => eligible = false,
+            }
+            Ok(())
+        })?;
+        if !eligible || !ends_with_sync || parses.is_empty() {
+            return Ok(false);
+        }
+        let mut stmts = Vec::with_capacity(parses.len());
+        for (name, sql, types) in &parses {
+            let ctx = self.ctx.clone();
+            let stmt = ctx.statements.intern(sql, types, |s| self.classify(s));
+            if stmt.class.need == Need::ParseError {
+                return Ok(false);
+            }
+            stmts.push((name.clone(), stmt));
+        }
+        self.cin.advance(end);
+        for (name, stmt) in stmts {
+            if self.statements.contains_key(&name) {
+                let e = ErrorResponse::error(
+                    SqlState::DUPLICATE_PREPARED_STATEMENT,
+                    format!("prepared statement \"{name}\" already exists"),
+                );
+                self.report(&e);
+                break;
+            }
+            self.statements.insert(name, stmt);
+            pgsplit_protocol::backend::encode_empty(&mut self.cout, b'1');
+        }
+        encode_ready(&mut self.cout, self.tx);
+        Ok(true)
+    }
+
     /// Calls `f` with the tag and body of each frame in `cin[..end]`.
-    fn frames(
-        &self,
-        end: usize,
-        mut f: impl FnMut(u8, &[u8]) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    fn frames(&self, end: usize, mut f: impl FnMut(u8, &[u8]) -> Result<(), Error>) -> Result<(), Error> {
         let limits = self.limits;
         let mut at = 0;
         while at < end {
-            let Some(h) =
-                peek_header(&self.cin[at..end], |t| limits.frontend_cap(t)).map_err(protocol)?
-            else {
+            let Some(h) = peek_header(&self.cin[at..end], |t| limits.frontend_cap(t)).map_err(protocol)? else {
                 break;
             };
             if at + h.total > end {
@@ -301,8 +341,8 @@ impl Session {
             return Ok(false);
         };
         let conn_id = (b.target, b.conn.pid);
-        let mut unnamed_here = self.unnamed.as_ref().is_some_and(|u| u.2 == conn_id.1)
-            && self.unnamed_target == Some(conn_id.0);
+        let mut unnamed_here =
+            self.unnamed.as_ref().is_some_and(|u| u.2 == conn_id.1) && self.unnamed_target == Some(conn_id.0);
         let mut track = false;
         let mut last = 0u8;
         self.frames(end, |tag, body| {
@@ -358,16 +398,8 @@ impl Session {
     fn ensure_prepared(&mut self, stmt: &Statement) {
         let conn = &mut self.backend.as_mut().expect("attached").conn;
         if conn.prepared.insert(stmt.id) {
-            encode_parse(
-                &mut self.bout,
-                &stmt.backend_name,
-                &stmt.sql,
-                &stmt.param_types,
-            );
-            self.track(Expect::Parse {
-                swallow: true,
-                id: Some(stmt.id),
-            });
+            encode_parse(&mut self.bout, &stmt.backend_name, &stmt.sql, &stmt.param_types);
+            self.track(Expect::Parse { swallow: true, id: Some(stmt.id) });
         }
     }
 
@@ -380,10 +412,7 @@ impl Session {
                 encode_parse(&mut self.bout, "", sql, types);
                 *on = pid;
                 self.unnamed_target = Some(target);
-                self.track(Expect::Parse {
-                    swallow: true,
-                    id: None,
-                });
+                self.track(Expect::Parse { swallow: true, id: None });
             }
         }
     }
@@ -393,11 +422,8 @@ impl Session {
         let body = &frame[5..];
         match h.tag {
             b'P' => {
-                let FrontendMessage::Parse {
-                    name,
-                    sql,
-                    param_types,
-                } = FrontendMessage::decode(b'P', body).map_err(protocol)?
+                let FrontendMessage::Parse { name, sql, param_types } =
+                    FrontendMessage::decode(b'P', body).map_err(protocol)?
                 else {
                     unreachable!("a P frame decodes to Parse")
                 };
@@ -408,10 +434,7 @@ impl Session {
                     self.unnamed = Some((sql, param_types, pid));
                     self.unnamed_target = Some(target);
                     self.bout.extend_from_slice(&frame);
-                    self.track(Expect::Parse {
-                        swallow: false,
-                        id: None,
-                    });
+                    self.track(Expect::Parse { swallow: false, id: None });
                 } else if self.statements.contains_key(&name) {
                     let e = ErrorResponse::error(
                         SqlState::DUPLICATE_PREPARED_STATEMENT,
@@ -422,22 +445,12 @@ impl Session {
                     self.skip_until_sync = true;
                 } else {
                     let ctx = self.ctx.clone();
-                    let stmt = ctx
-                        .statements
-                        .intern(&sql, &param_types, |s| self.classify(s));
+                    let stmt = ctx.statements.intern(&sql, &param_types, |s| self.classify(s));
                     self.statements.insert(name, stmt.clone());
                     let conn = &mut self.backend.as_mut().expect("attached").conn;
                     if conn.prepared.insert(stmt.id) {
-                        encode_parse(
-                            &mut self.bout,
-                            &stmt.backend_name,
-                            &stmt.sql,
-                            &stmt.param_types,
-                        );
-                        self.expect.push(Expect::Parse {
-                            swallow: false,
-                            id: Some(stmt.id),
-                        });
+                        encode_parse(&mut self.bout, &stmt.backend_name, &stmt.sql, &stmt.param_types);
+                        self.expect.push(Expect::Parse { swallow: false, id: Some(stmt.id) });
                     } else {
                         self.expect.push(Expect::Synth(b'1'));
                     }
@@ -461,8 +474,7 @@ impl Session {
                 self.track(Expect::Bind);
             }
             b'D' => {
-                let FrontendMessage::Describe { kind, name } =
-                    FrontendMessage::decode(b'D', body).map_err(protocol)?
+                let FrontendMessage::Describe { kind, name } = FrontendMessage::decode(b'D', body).map_err(protocol)?
                 else {
                     unreachable!("a D frame decodes to Describe")
                 };
@@ -477,12 +489,7 @@ impl Session {
                             self.bout.extend_from_slice(&frame);
                         } else if let Some(stmt) = self.statements.get(&name).cloned() {
                             self.ensure_prepared(&stmt);
-                            encode_target(
-                                &mut self.bout,
-                                b'D',
-                                DescribeTarget::Statement,
-                                &stmt.backend_name,
-                            );
+                            encode_target(&mut self.bout, b'D', DescribeTarget::Statement, &stmt.backend_name);
                         } else {
                             self.bout.extend_from_slice(&frame);
                         }
@@ -495,8 +502,7 @@ impl Session {
                 self.track(Expect::Execute);
             }
             b'C' => {
-                let FrontendMessage::Close { kind, name } =
-                    FrontendMessage::decode(b'C', body).map_err(protocol)?
+                let FrontendMessage::Close { kind, name } = FrontendMessage::decode(b'C', body).map_err(protocol)?
                 else {
                     unreachable!("a C frame decodes to Close")
                 };
@@ -517,10 +523,7 @@ impl Session {
                 } else {
                     self.expect.untracked_sync();
                 }
-                let (started, target) = self
-                    .batch_started
-                    .take()
-                    .unwrap_or((Instant::now(), "primary"));
+                let (started, target) = self.batch_started.take().unwrap_or((Instant::now(), "primary"));
                 self.batches.push_back(Batch {
                     extended: true,
                     effects: std::mem::take(&mut self.open_effects),

@@ -17,29 +17,16 @@ pub struct ClientIo<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     pub fn new(stream: S, rbuf: BytesMut, limits: Limits) -> Self {
-        ClientIo {
-            stream,
-            rbuf,
-            wbuf: BytesMut::with_capacity(1024),
-            limits,
-        }
+        ClientIo { stream, rbuf, wbuf: BytesMut::with_capacity(1024), limits }
     }
 
     pub async fn read_frame(&mut self) -> Result<Frame, Error> {
         loop {
             let limits = self.limits;
-            if let Some(f) = decode_frame(&mut self.rbuf, |t| limits.frontend_cap(t))
-                .map_err(Error::ClientProtocol)?
-            {
+            if let Some(f) = decode_frame(&mut self.rbuf, |t| limits.frontend_cap(t)).map_err(Error::ClientProtocol)? {
                 return Ok(f);
             }
-            if self
-                .stream
-                .read_buf(&mut self.rbuf)
-                .await
-                .map_err(Error::ClientIo)?
-                == 0
-            {
+            if self.stream.read_buf(&mut self.rbuf).await.map_err(Error::ClientIo)? == 0 {
                 return Err(Error::ClientGone);
             }
         }
@@ -47,10 +34,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
 
     pub async fn flush(&mut self) -> Result<(), Error> {
         if !self.wbuf.is_empty() {
-            self.stream
-                .write_all(&self.wbuf)
-                .await
-                .map_err(Error::ClientIo)?;
+            self.stream.write_all(&self.wbuf).await.map_err(Error::ClientIo)?;
             self.wbuf.clear();
         }
         Ok(())

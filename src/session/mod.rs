@@ -39,23 +39,15 @@ pub async fn run<S>(ctx: Arc<Context>, stream: S, rbuf: BytesMut, info: ClientIn
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let param = |k: &str| {
-        info.params
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    };
+    let param = |k: &str| info.params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let user = param("user").unwrap_or_default();
-    let database = param("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| user.clone());
+    let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
     let span = tracing::info_span!("client", addr = %info.peer, user = %user, db = %database, tls = info.tls);
     async move {
         crate::metrics::client_connected();
         let mut io = io::ClientIo::new(stream, rbuf, ctx.settings.server.limits);
         let timeout = ctx.settings.server.startup_timeout;
-        let started =
-            tokio::time::timeout(timeout, startup(&ctx, &mut io, &info, &user, &database)).await;
+        let started = tokio::time::timeout(timeout, startup(&ctx, &mut io, &info, &user, &database)).await;
         let result: Result<(), Error> = match started {
             Err(_) => Err(Error::StartupTimeout),
             Ok(Err(e)) => Err(e),
@@ -112,33 +104,25 @@ where
 
     let settings = &ctx.settings;
     let listed = authed.user.as_ref();
-    let size = listed
-        .and_then(|u| u.pool_size)
-        .unwrap_or(settings.pool.size);
-    let mode = listed
-        .and_then(|u| u.pool_mode)
-        .unwrap_or(settings.pool.mode);
-    let key = PoolKey {
-        node: settings.primary.clone(),
-        user: user.to_owned(),
-        database: database.to_owned(),
-    };
+    let size = listed.and_then(|u| u.pool_size).unwrap_or(settings.pool.size);
+    let mode = listed.and_then(|u| u.pool_mode).unwrap_or(settings.pool.mode);
+    let key = PoolKey { node: settings.primary.clone(), user: user.to_owned(), database: database.to_owned() };
     let pool = ctx.pools.get(&key, size, &authed.credential);
     let cancel = ctx.cancels.register();
 
     let mut session = relay::Session::new(ctx.clone(), key, pool, mode, params, cancel);
-    // The first connection proves the backend accepts this user and database, and its
-    // ParameterStatus values (with the client's settings applied) are what the client sees.
-    session.attach_primary().await?;
+    let reported = session.reported_params().await.map_err(|e| match e {
+        // At login every failure is final.
+        Error::Pool(crate::pool::PoolError::CheckoutTimeout(_)) => {
+            Error::Unsupported("pgsplit: no server connection became free for the login (pool.checkout_timeout)".into())
+        }
+        e => e,
+    })?;
     let mut out = BytesMut::with_capacity(512);
-    for (k, v) in session.reported_params() {
-        encode_parameter_status(&mut out, &k, &v);
+    for (k, v) in &reported {
+        encode_parameter_status(&mut out, k, v);
     }
-    BackendMessage::BackendKeyData {
-        pid: session.cancel_pid(),
-        secret: session.cancel_secret(),
-    }
-    .encode(&mut out);
+    BackendMessage::BackendKeyData { pid: session.cancel_pid(), secret: session.cancel_secret() }.encode(&mut out);
     encode_ready(&mut out, TxStatus::Idle);
     if mode == PoolMode::Transaction {
         session.release().await;

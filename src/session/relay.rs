@@ -174,9 +174,7 @@ impl Session {
             }
         }
         if !self.cout.is_empty() {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), cw.write_all(&self.cout))
-                    .await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cw.write_all(&self.cout)).await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cw.shutdown()).await;
         self.finish().await;
@@ -195,6 +193,8 @@ impl Session {
             self.process_backend()?;
             if self.releasable() {
                 self.release().await;
+            } else if self.backend.is_some() && self.batches.is_empty() && self.tx == TxStatus::Idle {
+                tracing::trace!(batch_open = self.batch_open, expect = ?self.expect, pins = ?self.pins, bout = self.bout.len(), "holding backend while idle");
             }
             if self.draining && self.idle_for_shutdown() {
                 return Err(Error::Shutdown);
@@ -203,19 +203,10 @@ impl Session {
                 return Ok(());
             }
             let shutdown = self.ctx.shutdown.clone();
-            let read_client = !client_eof
-                && !self.terminated
-                && self.bout.len() < HIGH_WATER
-                && !self.skip_client_reads();
+            let read_client =
+                !client_eof && !self.terminated && self.bout.len() < HIGH_WATER && !self.skip_client_reads();
             let ev = {
-                let Session {
-                    cout,
-                    bout,
-                    cin,
-                    backend,
-                    draining,
-                    ..
-                } = &mut *self;
+                let Session { cout, bout, cin, backend, draining, .. } = &mut *self;
                 let (mut br, mut bw, brbuf) = match backend.as_mut() {
                     Some(b) => {
                         let c = &mut *b.conn;
@@ -331,17 +322,11 @@ impl Session {
             tracing::trace!(tag = %(h.tag as char), len = h.total, ?action, "backend message");
             match h.tag {
                 b'Z' => {
-                    let status = body
-                        .first()
-                        .and_then(|b| TxStatus::from_byte(*b).ok())
-                        .ok_or(Error::BackendLost)?;
+                    let status = body.first().and_then(|b| TxStatus::from_byte(*b).ok()).ok_or(Error::BackendLost)?;
                     self.tx = status;
                     self.copy_in = false;
                     if let Some(batch) = self.batches.pop_front() {
-                        crate::metrics::query_duration(
-                            batch.target,
-                            batch.started.elapsed().as_secs_f64(),
-                        );
+                        crate::metrics::query_duration(batch.target, batch.started.elapsed().as_secs_f64());
                         finish_batch(
                             batch,
                             status,
@@ -374,9 +359,7 @@ impl Session {
                     }
                 }
                 b'S' => {
-                    if let Ok(BackendMessage::ParameterStatus { name, value }) =
-                        BackendMessage::decode(h.tag, body)
-                    {
+                    if let Ok(BackendMessage::ParameterStatus { name, value }) = BackendMessage::decode(h.tag, body) {
                         conn.set_param(name, value);
                     }
                 }
@@ -500,11 +483,7 @@ fn error_code(body: &[u8]) -> &str {
     while i < body.len() && body[i] != 0 {
         let code = body[i];
         let start = i + 1;
-        let end = body[start..]
-            .iter()
-            .position(|&b| b == 0)
-            .map(|p| start + p)
-            .unwrap_or(body.len());
+        let end = body[start..].iter().position(|&b| b == 0).map(|p| start + p).unwrap_or(body.len());
         if code == b'C' {
             return std::str::from_utf8(&body[start..end]).unwrap_or("");
         }

@@ -27,11 +27,7 @@ fn literal(s: &str) -> String {
 }
 
 fn set_sql(name: &str, value: &str) -> String {
-    format!(
-        "SELECT pg_catalog.set_config({}, {}, false)",
-        literal(name),
-        literal(value)
-    )
+    format!("SELECT pg_catalog.set_config({}, {}, false)", literal(name), literal(value))
 }
 
 /// Splits a libpq `options` value (`-c a=b --c=d`, backslash escapes a space).
@@ -65,9 +61,7 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
         } else {
             return Err(format!("unsupported option \"{a}\" (only -c name=value)"));
         };
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| format!("option \"{kv}\" has no value"))?;
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("option \"{kv}\" has no value"))?;
         out.push((k.replace('-', "_"), v.to_owned()));
     }
     Ok(out)
@@ -162,10 +156,7 @@ mod tests {
     use super::*;
 
     fn startup(kv: &[(&str, &str)]) -> SessionParams {
-        let v: Vec<(String, String)> = kv
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let v: Vec<(String, String)> = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         SessionParams::from_startup(&v).unwrap()
     }
 
@@ -178,14 +169,8 @@ mod tests {
             ("options", "-c statement_timeout=5s --search-path=a\\,\\ b"),
         ]);
         let names: Vec<&str> = p.current().iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(
-            names,
-            ["application_name", "statement_timeout", "search_path"]
-        );
-        assert_eq!(
-            p.current()[2].1,
-            "SELECT pg_catalog.set_config('search_path', 'a, b', false)"
-        );
+        assert_eq!(names, ["application_name", "statement_timeout", "search_path"]);
+        assert_eq!(p.current()[2].1, "SELECT pg_catalog.set_config('search_path', 'a, b', false)");
         assert_ne!(p.fingerprint(), 0);
         assert_eq!(startup(&[("user", "u")]).fingerprint(), 0);
         assert!(SessionParams::from_startup(&[("replication".into(), "true".into())]).is_err());
@@ -198,29 +183,13 @@ mod tests {
         let base = p.fingerprint();
         let same = startup(&[("application_name", "a")]);
         assert_eq!(base, same.fingerprint(), "same settings, same fingerprint");
-        p.apply(&Effect::Set {
-            name: "work_mem".into(),
-            sql: "SET work_mem = '8MB'".into(),
-        });
+        p.apply(&Effect::Set { name: "work_mem".into(), sql: "SET work_mem = '8MB'".into() });
         assert_ne!(p.fingerprint(), base);
-        assert_eq!(
-            p.sync_sql(0),
-            "SELECT pg_catalog.set_config('application_name', 'a', false); SET work_mem = '8MB'"
-        );
-        assert!(p
-            .sync_sql(42)
-            .starts_with("RESET ROLE; RESET SESSION AUTHORIZATION; RESET ALL; "));
-        p.apply(&Effect::Set {
-            name: "application_name".into(),
-            sql: "SET application_name = 'b'".into(),
-        });
-        p.apply(&Effect::Reset {
-            name: "application_name".into(),
-        });
-        assert!(
-            p.current().iter().any(|(_, s)| s.contains("'a'")),
-            "RESET returns to the startup value"
-        );
+        assert_eq!(p.sync_sql(0), "SELECT pg_catalog.set_config('application_name', 'a', false); SET work_mem = '8MB'");
+        assert!(p.sync_sql(42).starts_with("RESET ROLE; RESET SESSION AUTHORIZATION; RESET ALL; "));
+        p.apply(&Effect::Set { name: "application_name".into(), sql: "SET application_name = 'b'".into() });
+        p.apply(&Effect::Reset { name: "application_name".into() });
+        assert!(p.current().iter().any(|(_, s)| s.contains("'a'")), "RESET returns to the startup value");
         p.apply(&Effect::ResetAll);
         assert_eq!(p.fingerprint(), base);
         assert!(!p.apply(&Effect::DeallocateAll));

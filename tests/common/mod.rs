@@ -45,20 +45,14 @@ pub fn config() -> Config {
     c.admin.listen = "127.0.0.1:0".into();
     c.server.shutdown_timeout = Duration::from_secs(5);
     c.cluster.primary = format!("127.0.0.1:{PRIMARY_PORT}");
-    c.cluster.replicas = vec![
-        format!("127.0.0.1:{}", PRIMARY_PORT + 1),
-        format!("127.0.0.1:{}", PRIMARY_PORT + 2),
-    ];
-    c.users.push(UserConfig {
-        name: "app".into(),
-        password: "app".into(),
-        ..Default::default()
-    });
+    c.cluster.replicas = vec![format!("127.0.0.1:{}", PRIMARY_PORT + 1), format!("127.0.0.1:{}", PRIMARY_PORT + 2)];
+    c.users.push(UserConfig { name: "app".into(), password: "app".into(), ..Default::default() });
     c
 }
 
 /// pgsplit running in this test's runtime.
 pub struct Proxy {
+    pub ctx: std::sync::Arc<pgsplit::context::Context>,
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub shutdown: CancellationToken,
@@ -79,13 +73,9 @@ impl Proxy {
         let addr = server.local_addr();
         let admin = server.admin_addr();
         let shutdown = server.shutdown_token();
+        let ctx = server.context();
         let handle = tokio::spawn(server.serve());
-        Proxy {
-            addr,
-            admin,
-            shutdown,
-            handle,
-        }
+        Proxy { ctx, addr, admin, shutdown, handle }
     }
 
     pub async fn default() -> Proxy {
@@ -98,10 +88,7 @@ impl Proxy {
 
     /// A libpq-style connection string for `user`/`password` to `db` through pgsplit.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        format!(
-            "postgres://{user}:{password}@127.0.0.1:{}/{db}",
-            self.port()
-        )
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port())
     }
 
     pub fn app_url(&self) -> String {
@@ -116,9 +103,7 @@ impl Proxy {
 
 /// A tokio-postgres client through pgsplit (its connection task runs in the background).
 pub async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect through pgsplit");
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect through pgsplit");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -136,37 +121,15 @@ pub async fn try_pg(url: &str) -> Result<tokio_postgres::Client, tokio_postgres:
 /// A direct connection to the primary as the superuser.
 pub async fn primary_admin() -> tokio_postgres::Client {
     cluster();
-    pg(&format!(
-        "postgres://postgres:postgres@127.0.0.1:{PRIMARY_PORT}/app"
-    ))
-    .await
+    pg(&format!("postgres://postgres:postgres@127.0.0.1:{PRIMARY_PORT}/app")).await
 }
 
 /// Runs psql against pgsplit and returns (success, stdout, stderr).
-pub fn psql(
-    port: u16,
-    user: &str,
-    password: &str,
-    db: &str,
-    args: &[&str],
-) -> (bool, String, String) {
+pub fn psql(port: u16, user: &str, password: &str, db: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("psql")
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            user,
-            "-d",
-            db,
-        ])
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user, "-d", db])
         .args(args)
         .output()
         .expect("run psql");
@@ -181,18 +144,12 @@ pub fn psql(
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The SQLSTATE of a tokio-postgres error.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_owned())
-        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
 
 /// `n` tokio-postgres clients through pgsplit.
@@ -202,4 +159,69 @@ pub async fn pgs(url: &str, n: usize) -> Vec<tokio_postgres::Client> {
         v.push(pg(url).await);
     }
     v
+}
+
+/// Logs in over a raw socket with SCRAM and returns the socket and every message up to the
+/// first ReadyForQuery (panics on failure).
+pub async fn raw_login(
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> (tokio::net::TcpStream, Vec<pgsplit_protocol::BackendMessage>) {
+    use pgsplit_protocol::auth::{random_nonce, ScramClient, ScramCredential};
+    use pgsplit_protocol::backend::Authentication;
+    use pgsplit_protocol::{BackendMessage, FrontendMessage, StartupPacket};
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    StartupPacket::Startup { params: vec![("user".into(), user.into()), ("database".into(), db.into())] }
+        .encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut msgs = Vec::new();
+    let mut scram = ScramClient::new(ScramCredential::Password(password.into()), random_nonce());
+    loop {
+        let m = read_backend(&mut s, &mut buf).await.expect("message");
+        out.clear();
+        match &m {
+            BackendMessage::Authentication(Authentication::Sasl { .. }) => FrontendMessage::SaslInitialResponse {
+                mechanism: "SCRAM-SHA-256".into(),
+                data: Some(scram.client_first().into_bytes().into()),
+            }
+            .encode(&mut out),
+            BackendMessage::Authentication(Authentication::SaslContinue { data }) => {
+                let r = scram.server_first(data).unwrap();
+                FrontendMessage::SaslResponse { data: r.into_bytes().into() }.encode(&mut out)
+            }
+            BackendMessage::ErrorResponse(e) => panic!("login failed: {}", e.message()),
+            BackendMessage::ReadyForQuery(_) => {
+                msgs.push(m);
+                return (s, msgs);
+            }
+            _ => {}
+        }
+        if !out.is_empty() {
+            s.write_all(&out).await.unwrap();
+        }
+        msgs.push(m);
+    }
+}
+
+/// Reads one backend message from a raw socket; `None` when the server closed it.
+pub async fn read_backend(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+) -> Option<pgsplit_protocol::BackendMessage> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(f) = pgsplit_protocol::framing::decode_frame(buf, |_| 1 << 30).unwrap() {
+            return Some(pgsplit_protocol::BackendMessage::decode(f.tag, &f.body).unwrap());
+        }
+        match tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("no answer from pgsplit within 10 s"),
+        }
+    }
 }

@@ -1,0 +1,229 @@
+//! Pooling: clean connections only, exact results under contention, session mode, checkout
+//! timeout, and pgbench in every query mode.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+
+/// Sends a simple query on a raw logged-in socket and reads up to ReadyForQuery.
+async fn raw_query(s: &mut tokio::net::TcpStream, sql: &str) -> Vec<pgsplit_protocol::BackendMessage> {
+    let mut out = bytes::BytesMut::new();
+    pgsplit_protocol::frontend::encode_query(&mut out, sql);
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut msgs = Vec::new();
+    loop {
+        let m = read_backend(s, &mut buf).await.expect("answer");
+        let done = matches!(m, pgsplit_protocol::BackendMessage::ReadyForQuery(_));
+        msgs.push(m);
+        if done {
+            return msgs;
+        }
+    }
+}
+
+/// 50 clients leave session state behind and vanish mid-transaction without a goodbye; the
+/// clients after them see none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_clients_leave_nothing_behind() {
+    let mut cfg = config();
+    cfg.pool.size = 5;
+    let p = Proxy::start(cfg).await;
+    let t = unique("hygiene");
+    let setup = pg(&p.app_url()).await;
+    setup
+        .batch_execute(&format!("CREATE TABLE {t} (id int primary key, n int); INSERT INTO {t} VALUES (1, 0)"))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let (mut s, _) = raw_login(p.addr, "app", "app", "app").await;
+        let state = match i % 5 {
+            0 => "SET statement_timeout = '3s'; SET search_path = nowhere".to_string(),
+            1 => format!("PREPARE leftover_{i} AS SELECT 1"),
+            2 => format!("CREATE TEMP TABLE leftover_{i} (a int)"),
+            3 => format!("LISTEN leftover_{i}"),
+            _ => format!("SELECT pg_advisory_lock({i})"),
+        };
+        let r = raw_query(&mut s, &state).await;
+        assert!(!r.iter().any(|m| matches!(m, pgsplit_protocol::BackendMessage::ErrorResponse(_))), "{state}: {r:?}");
+        raw_query(&mut s, &format!("BEGIN; UPDATE {t} SET n = n + 1 WHERE id = 1; SET LOCAL work_mem = '64kB'")).await;
+        drop(s); // vanish: no ROLLBACK, no Terminate
+    }
+    // New clients: no settings, prepared statements, temp tables, listeners, locks or
+    // uncommitted rows from before; the row is not locked.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let clients = pgs(&p.app_url(), 8).await;
+    for c in &clients {
+        let row = c
+            .query_one(
+                "SELECT current_setting('statement_timeout'), current_setting('search_path'), current_setting('work_mem'),
+                        (SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'leftover%'),
+                        (SELECT count(*) FROM pg_class WHERE relname LIKE 'leftover%' AND relpersistence = 't'),
+                        (SELECT count(*) FROM pg_listening_channels()),
+                        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, &str>(0), "0");
+        assert_eq!(row.get::<_, &str>(1), "\"$user\", public");
+        assert_eq!(row.get::<_, &str>(2), "4MB");
+        for i in 3..7 {
+            assert_eq!(row.get::<_, i64>(i), 0, "column {i}");
+        }
+    }
+    let c = &clients[0];
+    c.batch_execute("SET lock_timeout = '2s'").await.unwrap();
+    c.batch_execute(&format!("UPDATE {t} SET n = n + 100 WHERE id = 1")).await.expect("row is not locked");
+    let n: i32 = c.query_one(&format!("SELECT n FROM {t} WHERE id = 1"), &[]).await.unwrap().get(0);
+    assert_eq!(n, 100, "no vanished transaction committed");
+    c.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    p.stop().await;
+}
+
+/// 200 concurrent clients over 10 backend connections: every increment lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_ten_connections_exact_counts() {
+    let mut cfg = config();
+    cfg.pool.size = 10;
+    cfg.pool.checkout_timeout = Duration::from_secs(30);
+    let p = Proxy::start(cfg).await;
+    let t = unique("counts");
+    let admin = pg(&p.app_url()).await;
+    admin
+        .batch_execute(&format!("CREATE TABLE {t} (id int primary key, n bigint); INSERT INTO {t} VALUES (1, 0)"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let url = p.app_url();
+        let t = t.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = pg(&url).await;
+            for _ in 0..10 {
+                if i % 2 == 0 {
+                    let tx = c.transaction().await.unwrap();
+                    tx.execute(&format!("UPDATE {t} SET n = n + 1 WHERE id = 1"), &[]).await.unwrap();
+                    tx.commit().await.unwrap();
+                } else {
+                    c.simple_query(&format!("UPDATE {t} SET n = n + 1 WHERE id = 1")).await.unwrap();
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let n: i64 = admin.query_one(&format!("SELECT n FROM {t} WHERE id = 1"), &[]).await.unwrap().get(0);
+    assert_eq!(n, 2000);
+    // never more than the pool size on the backend
+    for pool in p.ctx.pools.status() {
+        assert!(pool.size <= 10, "{} backend connections in {}", pool.size, pool.pool);
+    }
+    admin.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_timeout_is_a_clear_error() {
+    let mut cfg = config();
+    cfg.pool.size = 1;
+    cfg.pool.checkout_timeout = Duration::from_millis(300);
+    let p = Proxy::start(cfg).await;
+    let holder = pg(&p.app_url()).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = pg(&p.app_url()).await;
+    let e = waiter.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "08006");
+    let msg = e.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("checkout_timeout"), "{msg}");
+    holder.batch_execute("COMMIT").await.unwrap();
+    // the waiter's session survives the error
+    assert_eq!(waiter.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0), 3);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_keeps_one_connection() {
+    let mut cfg = config();
+    cfg.pool.mode = "session".into();
+    cfg.pool.size = 4;
+    let p = Proxy::start(cfg).await;
+    let c = pg(&p.app_url()).await;
+    c.batch_execute("PREPARE sp AS SELECT 41 + 1; CREATE TEMP TABLE st (a int)").await.unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let others = pgs(&p.app_url(), 3).await;
+    for o in &others {
+        o.batch_execute("SELECT 1").await.unwrap();
+    }
+    for _ in 0..5 {
+        let again: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        assert_eq!(again, pid);
+    }
+    let v = c.simple_query("EXECUTE sp").await.unwrap();
+    let row = v.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(row.as_deref(), Some("42"));
+    drop(c);
+    drop(others);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next client of that connection finds it clean.
+    for c in pgs(&p.app_url(), 4).await {
+        let n: i64 = c.query_one("SELECT count(*) FROM pg_prepared_statements WHERE name NOT LIKE 'pgsplit\\_%'", &[]).await.unwrap().get(0);
+        assert_eq!(n, 0);
+    }
+    p.stop().await;
+}
+
+fn pgbench(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("pgbench").env("PGPASSWORD", "app").args(args).output().expect("pgbench");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// pgbench tpcb-like and select-only in simple, extended and prepared mode: no failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_all_query_modes() {
+    cluster();
+    let db = "pgbench_it";
+    let admin = primary_admin().await;
+    let exists: i64 =
+        admin.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&db]).await.unwrap().get(0);
+    if exists == 0 {
+        admin.batch_execute(&format!("CREATE DATABASE {db} OWNER app")).await.unwrap();
+    }
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        pgbench(&["-h", "127.0.0.1", "-p", &PRIMARY_PORT.to_string(), "-U", "app", "-i", "-s", "1", "-q", db])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    let mut cfg = config();
+    cfg.pool.size = 4;
+    let p = Proxy::start(cfg).await;
+    let port = p.port().to_string();
+    for mode in ["simple", "extended", "prepared"] {
+        for script in [&["-S"][..], &[][..]] {
+            let port = port.clone();
+            let script: Vec<String> = script.iter().map(|s| s.to_string()).collect();
+            let (ok, out) = tokio::task::spawn_blocking(move || {
+                let mut args =
+                    vec!["-h", "127.0.0.1", "-p", &port, "-U", "app", "-M", mode, "-c", "8", "-j", "2", "-T", "2"];
+                args.extend(script.iter().map(|s| s.as_str()));
+                args.push(db);
+                pgbench(&args)
+            })
+            .await
+            .unwrap();
+            assert!(ok, "pgbench -M {mode}: {out}");
+            assert!(out.contains("number of failed transactions: 0 (0.000%)"), "pgbench -M {mode}: {out}");
+            assert!(!out.contains("error"), "pgbench -M {mode}: {out}");
+        }
+    }
+    p.stop().await;
+}
