@@ -24,9 +24,12 @@ pub struct Statement {
     pub backend_name: String,
 }
 
+/// A statement's text and declared parameter types.
+type StatementKey = (String, Vec<u32>);
+
 /// Interns statements by text and parameter types.
 pub struct StatementRegistry {
-    map: Mutex<HashMap<(String, Vec<u32>), Arc<Statement>>>,
+    map: Mutex<HashMap<StatementKey, Arc<Statement>>>,
     next: AtomicU64,
 }
 

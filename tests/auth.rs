@@ -9,11 +9,11 @@ use pgsplit::config::UserConfig;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_unknown_database_unknown_user() {
     let p = Proxy::default().await;
-    let e = try_pg(&p.url("app", "wrong", "app")).await.err().expect("wrong password refused");
+    let e = try_pg(&p.url("app", "wrong", "app")).await.expect_err("wrong password refused");
     assert_eq!(sqlstate(&e), "28P01");
-    let e = try_pg(&p.url("nobody", "x", "app")).await.err().expect("unknown user refused");
+    let e = try_pg(&p.url("nobody", "x", "app")).await.expect_err("unknown user refused");
     assert_eq!(sqlstate(&e), "28P01");
-    let e = try_pg(&p.url("app", "app", "no_such_db")).await.err().expect("unknown database refused");
+    let e = try_pg(&p.url("app", "app", "no_such_db")).await.expect_err("unknown database refused");
     assert_eq!(sqlstate(&e), "3D000");
     // The proxy keeps serving others.
     let c = pg(&p.app_url()).await;
@@ -26,7 +26,7 @@ async fn listed_databases_are_enforced() {
     let mut cfg = config();
     cfg.cluster.databases = vec!["app".into()];
     let p = Proxy::start(cfg).await;
-    let e = try_pg(&p.url("app", "app", "postgres")).await.err().expect("database not listed");
+    let e = try_pg(&p.url("app", "app", "postgres")).await.expect_err("database not listed");
     assert_eq!(sqlstate(&e), "3D000");
     pg(&p.app_url()).await.batch_execute("SELECT 1").await.unwrap();
     p.stop().await;
@@ -39,7 +39,7 @@ async fn too_many_clients() {
     let p = Proxy::start(cfg).await;
     let a = pg(&p.app_url()).await;
     let b = pg(&p.app_url()).await;
-    let e = try_pg(&p.app_url()).await.err().expect("third client refused");
+    let e = try_pg(&p.app_url()).await.expect_err("third client refused");
     assert_eq!(sqlstate(&e), "53300");
     drop(a);
     // the slot frees once the client is gone

@@ -174,7 +174,11 @@ async fn session_mode_keeps_one_connection() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The next client of that connection finds it clean.
     for c in pgs(&p.app_url(), 4).await {
-        let n: i64 = c.query_one("SELECT count(*) FROM pg_prepared_statements WHERE name NOT LIKE 'pgsplit\\_%'", &[]).await.unwrap().get(0);
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_prepared_statements WHERE name NOT LIKE 'pgsplit\\_%'", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 0);
     }
     p.stop().await;

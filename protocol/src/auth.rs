@@ -155,7 +155,7 @@ impl ScramVerifier {
 }
 
 /// Splits `k=v` attributes of a SCRAM message.
-fn attr<'a>(part: Option<&'a str>, key: char) -> Result<&'a str, AuthError> {
+fn attr(part: Option<&str>, key: char) -> Result<&str, AuthError> {
     let p = part.ok_or(AuthError::Malformed("missing attribute"))?;
     let mut it = p.chars();
     if it.next() != Some(key) || it.next() != Some('=') {

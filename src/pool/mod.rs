@@ -62,6 +62,9 @@ impl std::fmt::Display for PoolKey {
     }
 }
 
+/// ParameterStatus names and values.
+pub type ParamList = Vec<(String, String)>;
+
 pub struct Manager {
     key: PoolKey,
     credential: RwLock<Credential>,
@@ -69,11 +72,11 @@ pub struct Manager {
     max_lifetime: Duration,
     /// ParameterStatus values a connection reports once given a session's settings, by the
     /// settings' fingerprint: lets a client log in without waiting for a free connection.
-    reported: Mutex<HashMap<u64, Arc<Vec<(String, String)>>>>,
+    reported: Mutex<HashMap<u64, Arc<ParamList>>>,
 }
 
 impl Manager {
-    pub fn reported_params(&self, fingerprint: u64) -> Option<Arc<Vec<(String, String)>>> {
+    pub fn reported_params(&self, fingerprint: u64) -> Option<Arc<ParamList>> {
         self.reported.lock().expect("reported params").get(&fingerprint).cloned()
     }
 

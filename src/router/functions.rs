@@ -121,39 +121,6 @@ pub fn known(name: &str) -> Option<Known> {
     })
 }
 
-/// Functions PostgreSQL marks volatile but that are harmless on a standby (the default
-/// `routing.harmless_functions`).
-pub const DEFAULT_HARMLESS: &[&str] = &[
-    "random",
-    "random_normal",
-    "setseed",
-    "clock_timestamp",
-    "timeofday",
-    "statement_timestamp",
-    "pg_sleep",
-    "pg_sleep_for",
-    "pg_sleep_until",
-    "gen_random_uuid",
-    "uuid_generate_v4",
-    "uuid_generate_v1",
-    "uuid_generate_v1mc",
-    "gen_random_bytes",
-    "gen_salt",
-    "crypt",
-    "pg_stat_get_activity",
-    "pg_backend_pid",
-    "pg_is_in_recovery",
-    "pg_last_wal_replay_lsn",
-    "pg_last_wal_receive_lsn",
-    "pg_last_xact_replay_timestamp",
-    "inet_server_port",
-    "inet_server_addr",
-    "pg_postmaster_start_time",
-    "now",
-    "pg_stat_clear_snapshot",
-    "pg_notification_queue_usage",
-];
-
 /// Applies a known function's meaning to the batch being classified. Returns `false` for
 /// `set_config`, which the caller handles because it needs the arguments.
 pub fn apply(known: Known, need: &mut Need, effects: &mut Vec<Effect>) -> bool {

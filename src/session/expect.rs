@@ -149,11 +149,6 @@ impl Expectations {
         }
         Action::Forward
     }
-
-    pub fn clear(&mut self) {
-        self.queue.clear();
-        self.untracked_tail = 0;
-    }
 }
 
 #[cfg(test)]

@@ -375,11 +375,7 @@ impl Session {
                         track = true;
                     }
                 }
-                b'C' => {
-                    if body.first() == Some(&b'S') && body.len() > 2 {
-                        track = true;
-                    }
-                }
+                b'C' if body.first() == Some(&b'S') && body.len() > 2 => track = true,
                 _ => {}
             }
             Ok(())

@@ -110,7 +110,7 @@ where
     let pool = ctx.pools.get(&key, size, &authed.credential);
     let cancel = ctx.cancels.register();
 
-    let mut session = relay::Session::new(ctx.clone(), key, pool, mode, params, cancel);
+    let mut session = relay::Session::new(ctx.clone(), pool, mode, params, cancel);
     let reported = session.reported_params().await.map_err(|e| match e {
         // At login every failure is final.
         Error::Pool(crate::pool::PoolError::CheckoutTimeout(_)) => {

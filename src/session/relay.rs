@@ -19,7 +19,7 @@ use crate::cancel::Registration;
 use crate::config::PoolMode;
 use crate::context::Context;
 use crate::error::Error;
-use crate::pool::{Pool, PoolKey, PooledConn, MAX_BACKEND_MESSAGE};
+use crate::pool::{Pool, PooledConn, MAX_BACKEND_MESSAGE};
 use crate::router::{Effect, Pin, Target};
 use crate::statements::Statement;
 
@@ -44,7 +44,6 @@ pub(super) struct Batch {
 
 pub struct Session {
     pub(super) ctx: Arc<Context>,
-    pub(super) key: PoolKey,
     pub(super) pool: Pool,
     pub(super) mode: PoolMode,
     pub(super) cancel: Registration,
@@ -107,7 +106,6 @@ enum Event {
 impl Session {
     pub(super) fn new(
         ctx: Arc<Context>,
-        key: PoolKey,
         pool: Pool,
         mode: PoolMode,
         params: SessionParams,
@@ -116,7 +114,6 @@ impl Session {
         let limits = ctx.settings.server.limits;
         Session {
             ctx,
-            key,
             pool,
             mode,
             cancel,

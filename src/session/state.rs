@@ -146,6 +146,7 @@ impl SessionParams {
     }
 
     /// Names and replay SQL of the settings in force.
+    #[cfg(test)]
     pub fn current(&self) -> &[(String, String)] {
         &self.current
     }
