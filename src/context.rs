@@ -9,12 +9,17 @@ use tokio_util::task::TaskTracker;
 use crate::cancel::CancelRegistry;
 use crate::config::Settings;
 use crate::pool::Pools;
+use crate::replication::Topology;
 use crate::router::Classifier;
 use crate::statements::StatementRegistry;
 
 pub struct Context {
     pub settings: Arc<Settings>,
     pub pools: Arc<Pools>,
+    /// Which node is the primary, which replicas may serve reads, catalog facts.
+    pub topology: Arc<Topology>,
+    /// Load-balancing weight of each node (`routing.weights`, default 1).
+    pub node_weights: Vec<u32>,
     pub classifier: Classifier,
     pub cancels: Arc<CancelRegistry>,
     pub statements: StatementRegistry,
@@ -29,7 +34,13 @@ impl Context {
         let settings = Arc::new(settings);
         Arc::new(Context {
             pools: Pools::new(settings.pool.clone()),
-            classifier: Classifier::new(10_000),
+            classifier: Classifier::new(settings.routing.cache_size),
+            topology: Topology::new(settings.nodes.clone()),
+            node_weights: settings
+                .nodes
+                .iter()
+                .map(|n| settings.routing.weights.get(&n.to_string()).copied().unwrap_or(1))
+                .collect(),
             cancels: CancelRegistry::new(),
             statements: StatementRegistry::new(),
             shutdown: CancellationToken::new(),

@@ -37,6 +37,8 @@ pub enum Error {
     Pool(#[from] PoolError),
     #[error("lost the backend connection")]
     BackendLost,
+    #[error("no primary available: {0}")]
+    NoPrimary(String),
 }
 
 impl Error {
@@ -64,6 +66,11 @@ impl Error {
             BackendLost => {
                 (true, SqlState::CONNECTION_FAILURE, "pgsplit lost the connection to the database server".into())
             }
+            NoPrimary(why) => (
+                false,
+                SqlState::READ_ONLY_SQL_TRANSACTION,
+                format!("pgsplit: no primary is available for this statement ({why}); it was not sent to a replica"),
+            ),
             Pool(p) => return Some(pool_response(p)),
         };
         let r = if fatal { ErrorResponse::fatal(code, message) } else { ErrorResponse::error(code, message) };

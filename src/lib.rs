@@ -14,6 +14,7 @@ pub mod context;
 pub mod error;
 pub mod metrics;
 pub mod pool;
+pub mod replication;
 pub mod router;
 pub mod server;
 mod session;

@@ -104,6 +104,8 @@ async fn methods_and_stored_secrets() {
 async fn auth_query_for_unlisted_users() {
     let mut cfg = config();
     cfg.users.clear();
+    cfg.monitor.user = "postgres".into();
+    cfg.monitor.password = "postgres".into();
     cfg.auth.unlisted_users = "auth_query".into();
     cfg.auth.auth_user = "pgsplit_auth".into();
     cfg.auth.auth_password = "pgsplit_auth".into();
@@ -127,6 +129,8 @@ async fn auth_query_for_unlisted_users() {
 async fn trust_passes_roles_through() {
     let mut cfg = config();
     cfg.users.clear();
+    cfg.monitor.user = "postgres".into();
+    cfg.monitor.password = "postgres".into();
     cfg.auth.unlisted_users = "trust".into();
     let p = Proxy::start(cfg).await;
     let c = pg(&p.url("trustuser", "", "app")).await;

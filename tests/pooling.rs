@@ -136,7 +136,7 @@ async fn checkout_timeout_is_a_clear_error() {
     let holder = pg(&p.app_url()).await;
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let waiter = pg(&p.app_url()).await;
-    let e = waiter.batch_execute("SELECT 1").await.unwrap_err();
+    let e = waiter.batch_execute("SELECT 1 /* pgsplit:primary */").await.unwrap_err();
     assert_eq!(sqlstate(&e), "08006");
     let msg = e.as_db_error().unwrap().message().to_owned();
     assert!(msg.contains("checkout_timeout"), "{msg}");

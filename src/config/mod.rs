@@ -4,6 +4,7 @@
 //! `docs/configuration.md` (a test keeps the two in step). Nothing reads configuration through
 //! a global: each subsystem is handed its own part.
 
+mod routing;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -13,9 +14,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use routing::{
+    LoadBalance, MonitorConfig, Reads, RoutingConfig, RoutingSettings, Rule, RuleConfig, DEFAULT_HARMLESS,
+};
 pub use settings::{
-    AuthMethod, AuthSettings, BackendCredential, ClientSecret, NodeAddr, PoolMode, PoolSettings, ServerSettings,
-    Settings, Unlisted, UserAuth,
+    AuthMethod, AuthSettings, BackendCredential, ClientSecret, MonitorSettings, NodeAddr, PoolMode, PoolSettings,
+    ServerSettings, Settings, Unlisted, UserAuth,
 };
 
 /// Why a configuration was rejected. The message is shown to the operator as is.
@@ -42,6 +46,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
+    pub routing: RoutingConfig,
+    pub monitor: MonitorConfig,
     pub log: LogConfig,
     pub users: Vec<UserConfig>,
 }
@@ -244,6 +250,8 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("cluster.replicas")
                 .with_list_parse_key("cluster.databases")
+                .with_list_parse_key("routing.harmless_functions")
+                .with_list_parse_key("routing.primary_functions")
                 .source(Some(vars)),
         );
         let built = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;

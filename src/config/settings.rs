@@ -10,6 +10,7 @@ use std::time::Duration;
 use pgsplit_protocol::auth::{md5_secret, ScramVerifier};
 use pgsplit_protocol::Limits;
 
+use super::routing::RoutingSettings;
 use super::{Config, ConfigError, LogConfig};
 
 /// A validated configuration.
@@ -21,11 +22,28 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub primary: NodeAddr,
     pub replicas: Vec<NodeAddr>,
+    /// Every node: the declared primary first, then the replicas. Roles are only the starting
+    /// guess; the monitor finds the real primary with `pg_is_in_recovery()`.
+    pub nodes: Vec<NodeAddr>,
+    pub routing: RoutingSettings,
+    pub monitor: MonitorSettings,
     /// Databases clients may use; empty means any.
     pub databases: Vec<String>,
     pub log: LogConfig,
     /// The configuration as loaded, for `SHOW CONFIG` and reloads.
     pub raw: Config,
+}
+
+#[derive(Debug, Clone)]
+pub struct MonitorSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub ban_after: u32,
+    pub unban_after: u32,
+    pub catalog_refresh: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -341,13 +359,58 @@ impl Settings {
 
         // A database named in a node URL is no restriction: only `cluster.databases` is.
         let databases = c.cluster.databases.clone();
+        let routing = RoutingSettings::validate(&c.routing)?;
+        let m = &c.monitor;
+        let (mon_user, mon_password) = if !m.user.is_empty() {
+            (m.user.clone(), m.password.clone())
+        } else {
+            // The first user with a known password: one from a node URL, then the list.
+            let from_url = std::iter::once(&primary).chain(&replicas).find_map(|n| n.user.clone());
+            let from_list = c.users.iter().find_map(|u| {
+                users.get(&u.name).and_then(|a| match &a.backend {
+                    BackendCredential::Password(p) => Some((u.name.clone(), p.clone())),
+                    _ => None,
+                })
+            });
+            from_url.or(from_list).unwrap_or_default()
+        };
+        if mon_user.is_empty() && !replicas.is_empty() {
+            return Err(ConfigError::invalid(
+                "monitor.user",
+                "is required with replicas when no listed user has a plain password (the monitor must log in to every node)",
+            ));
+        }
+        if m.ban_after == 0 || m.unban_after == 0 {
+            return Err(ConfigError::invalid("monitor.ban_after", "ban_after and unban_after must be at least 1"));
+        }
+        let monitor = MonitorSettings {
+            interval: duration("monitor.interval", m.interval)?,
+            timeout: duration("monitor.timeout", m.timeout)?,
+            user: mon_user,
+            password: mon_password,
+            database: m.database.clone(),
+            ban_after: m.ban_after,
+            unban_after: m.unban_after,
+            catalog_refresh: duration("monitor.catalog_refresh", m.catalog_refresh)?,
+        };
+        let replicas: Vec<NodeAddr> = replicas.into_iter().map(|r| r.addr).collect();
+        let mut nodes = vec![primary.addr.clone()];
+        for r in &replicas {
+            if nodes.contains(r) {
+                return Err(ConfigError::invalid("cluster.replicas", format!("{r} is listed twice")));
+            }
+            nodes.push(r.clone());
+        }
         Ok(Settings {
             server,
             admin_listen,
             pool,
             auth: AuthSettings { users, unlisted },
             primary: primary.addr,
-            replicas: replicas.into_iter().map(|r| r.addr).collect(),
+            replicas,
+            nodes,
+            routing,
+            monitor,
             databases,
             log: c.log.clone(),
             raw,

@@ -43,7 +43,7 @@ fn minimal_file_gets_defaults() {
 #[test]
 fn env_overrides_file() {
     let s = load(
-        "[cluster]\nprimary = \"127.0.0.1:5432\"\n[pool]\nsize = 5\n",
+        "[cluster]\nprimary = \"127.0.0.1:5432\"\n[pool]\nsize = 5\n[monitor]\nuser = \"mon\"\n",
         &[("PGSPLIT_POOL__SIZE", "7"), ("PGSPLIT_POOL__MODE", "session"), ("PGSPLIT_CLUSTER__REPLICAS", "h1:1,h2:2")],
     )
     .unwrap();
@@ -139,6 +139,8 @@ fn every_key_is_documented() {
                         toml::Value::String(s) if s.is_empty() => "`\"\"`".to_string(),
                         toml::Value::String(s) => format!("`\"{s}\"`"),
                         toml::Value::Array(a) if a.is_empty() => "`[]`".to_string(),
+                        toml::Value::Array(_) => "(list)".to_string(),
+                        toml::Value::Table(t) if t.is_empty() => "`{}`".to_string(),
                         toml::Value::Integer(i) => format!("`{i}`"),
                         toml::Value::Boolean(b) => format!("`{b}`"),
                         other => format!("`{other}`"),

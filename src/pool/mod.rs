@@ -48,6 +48,13 @@ pub enum PoolError {
     PoolClosed,
 }
 
+impl PoolError {
+    /// A failure to reach the node at all (as opposed to the server refusing the login).
+    pub fn is_connection_failure(&self) -> bool {
+        matches!(self, PoolError::Connect(..) | PoolError::ConnectTimeout(_) | PoolError::Closed | PoolError::Io(_))
+    }
+}
+
 /// Which pool: a node, and the role and database its connections log in as.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {

@@ -1,16 +1,28 @@
-//! The routing policy: one pure decision per statement batch, with the reason that feeds
-//! metrics and logs. A decision is never re-derived for the same batch.
+//! The routing policy: one pure decision per statement batch, from the batch's class, the
+//! session's state, the replicas that may serve it, and configuration — with the reason that
+//! feeds metrics and logs. A decision is never re-derived for the same batch.
 
 use pgsplit_protocol::TxStatus;
 
-use super::{Class, Need};
+use super::{Class, Hint, Need, TxControl};
+use crate::config::{LoadBalance, Reads, RoutingSettings};
+use crate::replication::Catalog;
 
 /// Where a batch runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     Primary,
-    /// A replica, by index in the replica list.
+    /// A node serving a read, by index in the node list.
     Replica(usize),
+}
+
+impl Target {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Replica(_) => "replica",
+        }
+    }
 }
 
 /// Why the policy chose its target.
@@ -22,8 +34,25 @@ pub enum Reason {
     InTransaction,
     /// Session state ties the session to the primary.
     Pinned,
+    HintPrimary,
+    HintReplica,
+    VolatileFunction,
+    UnknownFunction,
+    PrimaryFunction,
+    UnloggedTable,
+    /// The database's catalog facts are not loaded yet: reads wait on the primary.
+    CatalogNotLoaded,
+    Catalog,
+    /// Session settings a replica must not get (serializable, read-write defaults).
+    SessionSettings,
+    /// The user/database/application prefers the primary for reads.
+    Preference,
     /// A read, sent to the primary because no replica may serve it.
     NoReplica,
+    /// A read on a replica.
+    Read,
+    /// A `BEGIN READ ONLY` transaction on a replica.
+    ReadOnlyTransaction,
 }
 
 impl Reason {
@@ -32,7 +61,19 @@ impl Reason {
             Reason::Needs(n) => n.as_str(),
             Reason::InTransaction => "in_transaction",
             Reason::Pinned => "pinned",
+            Reason::HintPrimary => "hint_primary",
+            Reason::HintReplica => "hint_replica",
+            Reason::VolatileFunction => "volatile_function",
+            Reason::UnknownFunction => "unknown_function",
+            Reason::PrimaryFunction => "primary_function",
+            Reason::UnloggedTable => "unlogged_table",
+            Reason::CatalogNotLoaded => "catalog_not_loaded",
+            Reason::Catalog => "catalog",
+            Reason::SessionSettings => "session_settings",
+            Reason::Preference => "preference",
             Reason::NoReplica => "no_replica",
+            Reason::Read => "read",
+            Reason::ReadOnlyTransaction => "read_only_transaction",
         }
     }
 }
@@ -43,24 +84,133 @@ pub struct Route {
     pub reason: Reason,
 }
 
+impl Route {
+    fn primary(reason: Reason) -> Self {
+        Route { target: Target::Primary, reason }
+    }
+}
+
 /// What the policy needs to know about the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionView {
     pub tx: TxStatus,
     pub pinned: bool,
+    /// The target of the backend the session holds, if any.
+    pub attached: Option<Target>,
+    pub reads: Reads,
+    /// Session settings that must not reach a replica.
+    pub forces_primary: bool,
 }
 
-/// Decides where a batch runs. Until replica routing lands, every batch runs on the primary;
-/// the reason still says why a replica could not have taken it.
-pub fn route(class: &Class, session: &SessionView) -> Route {
-    let reason = if session.tx != TxStatus::Idle {
-        Reason::InTransaction
-    } else if session.pinned {
-        Reason::Pinned
-    } else if class.need != Need::Read {
-        Reason::Needs(class.need)
-    } else {
-        Reason::NoReplica
+/// A node that may serve this read now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub node: usize,
+    /// Requests outstanding on it.
+    pub load: usize,
+    pub weight: u32,
+}
+
+/// Decides where a batch runs. `candidates` are the nodes that may serve reads for this session
+/// right now (healthy, not banned, fresh enough); `rr` is a rotating counter for balancing.
+pub fn route(
+    class: &Class,
+    s: &SessionView,
+    candidates: &[Candidate],
+    catalog: Option<&Catalog>,
+    cfg: &RoutingSettings,
+    rr: usize,
+) -> Route {
+    if s.tx != TxStatus::Idle {
+        return Route { target: s.attached.unwrap_or(Target::Primary), reason: Reason::InTransaction };
+    }
+    if s.pinned {
+        return Route::primary(Reason::Pinned);
+    }
+    if class.hint == Some(Hint::Primary) {
+        return Route::primary(Reason::HintPrimary);
+    }
+    if class.need != Need::Read {
+        return Route::primary(Reason::Needs(class.need));
+    }
+    if let Some(TxControl::Begin { read_only: false, .. } | TxControl::Begin { serializable: true, .. }) = class.tx {
+        return Route::primary(Reason::Needs(Need::TxControl));
+    }
+    for f in &class.functions {
+        if cfg.primary_functions.contains(f) {
+            return Route::primary(Reason::PrimaryFunction);
+        }
+        if cfg.harmless.contains(f) {
+            continue;
+        }
+        let Some(catalog) = catalog else { return Route::primary(Reason::CatalogNotLoaded) };
+        match catalog.volatility(f) {
+            Some(b'v') => return Route::primary(Reason::VolatileFunction),
+            Some(_) => {}
+            None => return Route::primary(Reason::UnknownFunction),
+        }
+    }
+    if !class.relations.is_empty() {
+        match catalog {
+            None => return Route::primary(Reason::CatalogNotLoaded),
+            Some(c) if class.relations.iter().any(|r| c.unlogged.contains(r)) => {
+                return Route::primary(Reason::UnloggedTable)
+            }
+            Some(_) => {}
+        }
+    }
+    if class.catalog && !cfg.catalog_on_replicas {
+        return Route::primary(Reason::Catalog);
+    }
+    if s.forces_primary {
+        return Route::primary(Reason::SessionSettings);
+    }
+    let hinted = class.hint == Some(Hint::Replica);
+    if s.reads == Reads::Primary && !hinted {
+        return Route::primary(Reason::Preference);
+    }
+    match choose(candidates, cfg.load_balance, rr) {
+        Some(node) => Route {
+            target: Target::Replica(node),
+            reason: if hinted {
+                Reason::HintReplica
+            } else if matches!(class.tx, Some(TxControl::Begin { .. })) {
+                Reason::ReadOnlyTransaction
+            } else {
+                Reason::Read
+            },
+        },
+        None => Route::primary(Reason::NoReplica),
+    }
+}
+
+/// Picks a node among the candidates.
+pub fn choose(candidates: &[Candidate], mode: LoadBalance, rr: usize) -> Option<usize> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let pick = match mode {
+        LoadBalance::RoundRobin => candidates[rr % candidates.len()],
+        LoadBalance::LeastOutstanding => {
+            // the least loaded; ties rotate so equal replicas share the work
+            let min = candidates.iter().map(|c| c.load).min().unwrap_or(0);
+            let tied: Vec<&Candidate> = candidates.iter().filter(|c| c.load == min).collect();
+            *tied[rr % tied.len()]
+        }
+        LoadBalance::Weighted => {
+            let total: u64 = candidates.iter().map(|c| c.weight.max(1) as u64).sum();
+            let mut at = (rr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) % total;
+            let mut chosen = candidates[0];
+            for c in candidates {
+                let w = c.weight.max(1) as u64;
+                if at < w {
+                    chosen = *c;
+                    break;
+                }
+                at -= w;
+            }
+            chosen
+        }
     };
-    Route { target: Target::Primary, reason }
+    Some(pick.node)
 }

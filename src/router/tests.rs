@@ -255,16 +255,158 @@ fn cache_returns_same_class() {
     assert_eq!(c.len(), 4, "cache is bounded");
 }
 
-#[test]
-fn policy_is_primary_with_a_reason() {
+mod policy_table {
+    use super::*;
+    use crate::config::{LoadBalance, Reads, RoutingConfig, RoutingSettings};
+    use crate::replication::Catalog;
     use pgsplit_protocol::TxStatus;
-    let idle = policy::SessionView { tx: TxStatus::Idle, pinned: false };
-    let r = route(&classify_full("INSERT INTO t VALUES (1)"), &idle);
-    assert_eq!(r, Route { target: Target::Primary, reason: Reason::Needs(Need::Write) });
-    let r = route(&classify_full("SELECT 1"), &idle);
-    assert_eq!(r.reason, Reason::NoReplica);
-    let r = route(&classify_full("SELECT 1"), &policy::SessionView { tx: TxStatus::InTransaction, pinned: false });
-    assert_eq!(r.reason, Reason::InTransaction);
-    let r = route(&classify_full("SELECT 1"), &policy::SessionView { tx: TxStatus::Idle, pinned: true });
-    assert_eq!(r.reason, Reason::Pinned);
+    use policy::{Candidate, SessionView};
+
+    fn cfg() -> RoutingSettings {
+        RoutingSettings::validate(&RoutingConfig::default()).unwrap()
+    }
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::default();
+        for (f, v) in
+            [("lower", b's'), ("count", b'i'), ("my_volatile_fn", b'v'), ("my_stable_fn", b's'), ("random", b'v')]
+        {
+            c.functions.insert(f.into(), v);
+        }
+        c.unlogged.insert("scratch".into());
+        c
+    }
+
+    const IDLE: SessionView = SessionView {
+        tx: TxStatus::Idle,
+        pinned: false,
+        attached: None,
+        reads: Reads::Replicas,
+        forces_primary: false,
+    };
+    const TWO: [Candidate; 2] = [Candidate { node: 1, load: 0, weight: 1 }, Candidate { node: 2, load: 0, weight: 1 }];
+
+    fn decide(sql: &str, s: &SessionView, candidates: &[Candidate]) -> Route {
+        route(&classify_full(sql), s, candidates, Some(&catalog()), &cfg(), 0)
+    }
+
+    #[test]
+    fn table() {
+        let in_tx = SessionView { tx: TxStatus::InTransaction, attached: Some(Target::Replica(2)), ..IDLE };
+        let pinned = SessionView { pinned: true, ..IDLE };
+        let prefers_primary = SessionView { reads: Reads::Primary, ..IDLE };
+        let serializable = SessionView { forces_primary: true, ..IDLE };
+        for (sql, s, cands, target, reason) in [
+            ("SELECT * FROM t", IDLE, &TWO[..], Target::Replica(1), Reason::Read),
+            ("SELECT lower(a), count(*) FROM t GROUP BY 1", IDLE, &TWO[..], Target::Replica(1), Reason::Read),
+            ("SELECT my_stable_fn()", IDLE, &TWO[..], Target::Replica(1), Reason::Read),
+            ("SELECT random()", IDLE, &TWO[..], Target::Replica(1), Reason::Read),
+            ("SELECT * FROM t", IDLE, &[], Target::Primary, Reason::NoReplica),
+            ("INSERT INTO t VALUES (1)", IDLE, &TWO[..], Target::Primary, Reason::Needs(Need::Write)),
+            ("SELECT my_volatile_fn()", IDLE, &TWO[..], Target::Primary, Reason::VolatileFunction),
+            ("SELECT no_such_fn()", IDLE, &TWO[..], Target::Primary, Reason::UnknownFunction),
+            ("SELECT * FROM scratch", IDLE, &TWO[..], Target::Primary, Reason::UnloggedTable),
+            ("SELECT * FROM pg_class", IDLE, &TWO[..], Target::Primary, Reason::Catalog),
+            ("SELECT 1 /* pgsplit:primary */", IDLE, &TWO[..], Target::Primary, Reason::HintPrimary),
+            ("/* pgsplit:replica */ SELECT 1", prefers_primary, &TWO[..], Target::Replica(1), Reason::HintReplica),
+            (
+                "/* pgsplit:replica */ INSERT INTO t VALUES (1)",
+                IDLE,
+                &TWO[..],
+                Target::Primary,
+                Reason::Needs(Need::Write),
+            ),
+            (
+                "/* pgsplit:replica */ SELECT nextval('s')",
+                IDLE,
+                &TWO[..],
+                Target::Primary,
+                Reason::Needs(Need::SideEffectFunction),
+            ),
+            ("SELECT 1", prefers_primary, &TWO[..], Target::Primary, Reason::Preference),
+            ("SELECT 1", in_tx, &TWO[..], Target::Replica(2), Reason::InTransaction),
+            ("SELECT 1", pinned, &TWO[..], Target::Primary, Reason::Pinned),
+            ("SELECT 1", serializable, &TWO[..], Target::Primary, Reason::SessionSettings),
+            ("BEGIN READ ONLY", IDLE, &TWO[..], Target::Replica(1), Reason::ReadOnlyTransaction),
+            ("BEGIN", IDLE, &TWO[..], Target::Primary, Reason::Needs(Need::TxControl)),
+            (
+                "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+                IDLE,
+                &TWO[..],
+                Target::Primary,
+                Reason::Needs(Need::TxControl),
+            ),
+            ("SELEC 1", IDLE, &TWO[..], Target::Primary, Reason::Needs(Need::ParseError)),
+        ] {
+            let r = decide(sql, &s, cands);
+            assert_eq!((r.target, r.reason), (target, reason), "{sql}");
+        }
+        // without the catalog, anything that needs it waits on the primary
+        let r = route(&classify_full("SELECT lower('A')"), &IDLE, &TWO, None, &cfg(), 0);
+        assert_eq!(r.reason, Reason::CatalogNotLoaded);
+        // primary_functions forces a function to the primary
+        let mut c = RoutingConfig::default();
+        c.primary_functions = vec!["my_stable_fn".into()];
+        let r = route(
+            &classify_full("SELECT my_stable_fn()"),
+            &IDLE,
+            &TWO,
+            Some(&catalog()),
+            &RoutingSettings::validate(&c).unwrap(),
+            0,
+        );
+        assert_eq!(r.reason, Reason::PrimaryFunction);
+        // catalog reads may be allowed on replicas
+        let mut c = RoutingConfig::default();
+        c.catalog_reads = "replicas".into();
+        let r = route(
+            &classify_full("SELECT relname FROM pg_class"),
+            &IDLE,
+            &TWO,
+            Some(&catalog()),
+            &RoutingSettings::validate(&c).unwrap(),
+            0,
+        );
+        assert_eq!(r.target, Target::Replica(1));
+    }
+
+    #[test]
+    fn balancing() {
+        let cands = [
+            Candidate { node: 1, load: 3, weight: 1 },
+            Candidate { node: 2, load: 1, weight: 1 },
+            Candidate { node: 3, load: 1, weight: 3 },
+        ];
+        let picks: Vec<usize> =
+            (0..4).map(|rr| policy::choose(&cands, LoadBalance::LeastOutstanding, rr).unwrap()).collect();
+        assert_eq!(picks, [2, 3, 2, 3], "least loaded, ties rotate");
+        let picks: Vec<usize> = (0..3).map(|rr| policy::choose(&cands, LoadBalance::RoundRobin, rr).unwrap()).collect();
+        assert_eq!(picks, [1, 2, 3]);
+        let mut counts = [0usize; 4];
+        for rr in 0..10_000 {
+            counts[policy::choose(&cands, LoadBalance::Weighted, rr).unwrap()] += 1;
+        }
+        assert!(counts[3] > counts[1] * 2 && counts[3] > counts[2] * 2, "{counts:?}");
+        assert!(counts[1] > 1000 && counts[2] > 1000, "{counts:?}");
+        assert_eq!(policy::choose(&[], LoadBalance::RoundRobin, 0), None);
+    }
+
+    #[test]
+    fn read_rules_by_user_database_application() {
+        let mut c = RoutingConfig::default();
+        c.rules = vec![
+            crate::config::RuleConfig {
+                application_name: "reports".into(),
+                reads: "replicas".into(),
+                ..Default::default()
+            },
+            crate::config::RuleConfig { user: "billing".into(), reads: "primary".into(), ..Default::default() },
+            crate::config::RuleConfig { database: "ledger".into(), reads: "primary".into(), ..Default::default() },
+        ];
+        let r = RoutingSettings::validate(&c).unwrap();
+        assert_eq!(r.reads_for("billing", "app", "reports"), Reads::Replicas);
+        assert_eq!(r.reads_for("billing", "app", "psql"), Reads::Primary);
+        assert_eq!(r.reads_for("app", "ledger", ""), Reads::Primary);
+        assert_eq!(r.reads_for("app", "app", ""), Reads::Replicas);
+    }
 }

@@ -86,6 +86,11 @@ impl Server {
         let slots = Arc::new(Semaphore::new(ctx.settings.server.max_clients));
         let mut background = Vec::new();
         background.push(tokio::spawn(ctx.pools.clone().reap(ctx.shutdown.clone())));
+        background.push(tokio::spawn(crate::replication::monitor::run(
+            ctx.topology.clone(),
+            ctx.settings.monitor.clone(),
+            ctx.shutdown.clone(),
+        )));
         if let Some(admin) = admin {
             background.push(tokio::spawn(crate::admin::serve(admin, ctx.clone(), metrics)));
         }

@@ -11,22 +11,17 @@ use pgsplit_protocol::framing::{peek_header, FrameHeader};
 use pgsplit_protocol::frontend::{bind_statement, encode_parse, encode_target, rewrite_bind, Target as DescribeTarget};
 use pgsplit_protocol::{ErrorResponse, FrontendMessage, ProtocolError, Severity, SqlState, TxStatus};
 
+use super::backend::Readiness;
 use super::expect::Expect;
 use super::relay::{Batch, Session};
 use crate::error::Error;
-use crate::router::{policy, Class, ClassRef, Need, Route};
+use crate::router::policy::Candidate;
+use crate::router::{policy, Class, ClassRef, Need, Reason, Route, Target};
 use crate::statements::Statement;
 
 /// Extended-protocol batches are routed when their Sync or Flush has arrived, or when this much
 /// of the batch is buffered.
 const MAX_BATCH_LOOKAHEAD: usize = 1 << 20;
-
-fn target_label(t: crate::router::Target) -> &'static str {
-    match t {
-        crate::router::Target::Primary => "primary",
-        crate::router::Target::Replica(_) => "replica",
-    }
-}
 
 fn protocol(e: ProtocolError) -> Error {
     Error::ClientProtocol(e)
@@ -48,8 +43,16 @@ impl Session {
                 return Err(Error::Shutdown);
             }
             match h.tag {
-                b'Q' => self.simple_query(h).await?,
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => self.extended(h).await?,
+                b'Q' => {
+                    if !self.simple_query(h).await? {
+                        return Ok(());
+                    }
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {
+                    if !self.extended(h).await? {
+                        return Ok(());
+                    }
+                }
                 b'd' | b'c' | b'f' => {
                     // Outside COPY the server ignores these; so does pgsplit.
                     let frame = self.cin.split_to(h.total);
@@ -60,7 +63,11 @@ impl Session {
                         self.copy_ended = true;
                     }
                 }
-                b'F' => self.function_call(h).await?,
+                b'F' => {
+                    if !self.function_call(h).await? {
+                        return Ok(());
+                    }
+                }
                 b'X' => {
                     self.cin.advance(h.total);
                     self.terminated = true;
@@ -71,12 +78,61 @@ impl Session {
         }
     }
 
+    /// Routes a batch: one decision, from the class, the session and the replicas that may serve
+    /// it now.
     fn decide(&self, class: &Class) -> Route {
-        let view = policy::SessionView { tx: self.tx, pinned: !self.pins.is_empty() };
-        let r = policy::route(class, &view);
-        crate::metrics::routed(target_label(r.target), r.reason.as_str());
-        tracing::debug!(target = target_label(r.target), reason = r.reason.as_str(), "routed");
-        r
+        let topo = &self.ctx.topology;
+        let cfg = &self.ctx.settings.routing;
+        let pinned = !self.pins.is_empty();
+        let view = policy::SessionView {
+            tx: self.tx,
+            pinned,
+            attached: self.backend.as_ref().map(|b| b.target),
+            reads: self.login.reads,
+            forces_primary: self.forces_primary,
+        };
+        let mut candidates = Vec::new();
+        if self.tx == TxStatus::Idle && !pinned && class.is_read() {
+            let snap = topo.snapshot();
+            for i in 0..topo.nodes.len() {
+                let as_primary = cfg.primary_reads && snap.primary == Some(i);
+                if (as_primary || snap.readable(i)) && !topo.is_suspect(i) {
+                    candidates.push(Candidate { node: i, load: topo.load(i), weight: self.ctx.node_weights[i] });
+                }
+            }
+        }
+        let catalog = if class.functions.is_empty() && class.relations.is_empty() {
+            None
+        } else {
+            topo.catalogs.get(&self.login.database)
+        };
+        let rr = if candidates.len() > 1 { topo.next_round_robin() } else { 0 };
+        policy::route(class, &view, &candidates, catalog.as_deref(), cfg, rr)
+    }
+
+    /// Gets the session a connection for `route`. `Ok(None)`: the current backend is busy on
+    /// another node; try again when it is done. A replica that cannot be reached is reported
+    /// and the read goes to the primary instead.
+    async fn attach_for(&mut self, route: Route) -> Result<Option<Route>, Error> {
+        let result = match self.attach(route.target).await {
+            Err(Error::Pool(e)) if matches!(route.target, Target::Replica(_)) && e.is_connection_failure() => {
+                tracing::warn!(error = %e, "replica unreachable; sending the read to the primary");
+                let fallback = Route { target: Target::Primary, reason: Reason::NoReplica };
+                self.attach(Target::Primary).await.map(|r| (r, fallback))
+            }
+            r => r.map(|r| (r, route)),
+        };
+        match result? {
+            (Readiness::Wait, _) => {
+                self.blocked = true;
+                Ok(None)
+            }
+            (Readiness::Ready, route) => {
+                crate::metrics::routed(route.target.label(), route.reason.as_str());
+                tracing::debug!(target = route.target.label(), node = ?self.backend.as_ref().map(|b| b.node), reason = route.reason.as_str(), "routed");
+                Ok(Some(route))
+            }
+        }
     }
 
     /// A request could not start (no backend connection): tell the client, unless that ends the
@@ -92,7 +148,8 @@ impl Session {
         }
     }
 
-    async fn simple_query(&mut self, h: FrameHeader) -> Result<(), Error> {
+    /// Returns `false` when the query has to wait for the current backend.
+    async fn simple_query(&mut self, h: FrameHeader) -> Result<bool, Error> {
         let body = &self.cin[5..h.total];
         let sql = body.strip_suffix(&[0]).ok_or(protocol(ProtocolError::MissingNul))?;
         let class = match std::str::from_utf8(sql) {
@@ -100,44 +157,54 @@ impl Session {
             Err(_) => Arc::new(Class::new(Need::ParseError)),
         };
         let route = self.decide(&class);
-        if let Err(e) = self.attach(route.target).await {
-            self.cin.advance(h.total);
-            self.request_failed(e)?;
-            encode_ready(&mut self.cout, self.tx);
-            return Ok(());
-        }
+        let route = match self.attach_for(route).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                self.cin.advance(h.total);
+                self.request_failed(e)?;
+                encode_ready(&mut self.cout, self.tx);
+                return Ok(true);
+            }
+        };
         self.bout.extend_from_slice(&self.cin[..h.total]);
         self.cin.advance(h.total);
         self.expect.untracked_sync();
         self.batches.push_back(Batch {
             extended: false,
+            ddl: class.ddl,
             effects: class.effects.clone(),
             error: false,
             started: Instant::now(),
-            target: target_label(route.target),
+            target: route.target.label(),
         });
-        Ok(())
+        Ok(true)
     }
 
-    async fn function_call(&mut self, h: FrameHeader) -> Result<(), Error> {
+    async fn function_call(&mut self, h: FrameHeader) -> Result<bool, Error> {
         let route = self.decide(&Class::new(Need::Unknown));
-        if let Err(e) = self.attach(route.target).await {
-            self.cin.advance(h.total);
-            self.request_failed(e)?;
-            encode_ready(&mut self.cout, self.tx);
-            return Ok(());
+        match self.attach_for(route).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                self.cin.advance(h.total);
+                self.request_failed(e)?;
+                encode_ready(&mut self.cout, self.tx);
+                return Ok(true);
+            }
         }
         self.bout.extend_from_slice(&self.cin[..h.total]);
         self.cin.advance(h.total);
         self.expect.untracked_sync();
         self.batches.push_back(Batch {
             extended: false,
+            ddl: false,
             effects: Vec::new(),
             error: false,
             started: Instant::now(),
             target: "primary",
         });
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn classify(&self, sql: &str) -> ClassRef {
@@ -150,8 +217,9 @@ impl Session {
         c
     }
 
-    /// Extended-protocol messages.
-    async fn extended(&mut self, h: FrameHeader) -> Result<(), Error> {
+    /// Extended-protocol messages. Returns `false` when the batch has to wait for the current
+    /// backend.
+    async fn extended(&mut self, h: FrameHeader) -> Result<bool, Error> {
         if self.copy_sync_ignored && matches!(h.tag, b'S' | b'H') {
             // Syncs during COPY FROM STDIN are ignored by the server; the first one after the
             // copy ends completes the batch that started it.
@@ -161,18 +229,18 @@ impl Session {
                 self.copy_sync_ignored = false;
                 self.copy_ended = false;
             }
-            return Ok(());
+            return Ok(true);
         }
         if self.skip_until_sync {
             if h.tag != b'S' {
                 self.cin.advance(h.total);
-                return Ok(());
+                return Ok(true);
             }
             self.skip_until_sync = false;
             if self.backend.is_none() {
                 self.cin.advance(h.total);
                 encode_ready(&mut self.cout, self.tx);
-                return Ok(());
+                return Ok(true);
             }
         } else if !self.batch_open {
             // Route on the whole batch when it is here; a client may also wait for answers
@@ -181,20 +249,26 @@ impl Session {
             // on the same backend.
             let end = self.batch_end();
             if self.backend.is_none() && self.prepare_locally(end)? {
-                return Ok(());
+                return Ok(true);
             }
             let class = self.batch_class(end)?;
             let route = self.decide(&class);
-            if let Err(e) = self.attach(route.target).await {
-                self.request_failed(e)?;
-                self.skip_until_sync = true;
-                return Ok(());
-            }
+            let route = match self.attach_for(route).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(false),
+                Err(e) => {
+                    self.request_failed(e)?;
+                    self.skip_until_sync = true;
+                    return Ok(true);
+                }
+            };
             self.tracking = self.needs_tracking(end)?;
             self.batch_open = true;
-            self.batch_started = Some((Instant::now(), target_label(route.target)));
+            self.batch_ddl = class.ddl;
+            self.batch_started = Some((Instant::now(), route.target.label()));
         }
-        self.forward_extended(h)
+        self.forward_extended(h)?;
+        Ok(true)
     }
 
     /// Where the batch at the head of the input ends: after its Sync or Flush, or after the last
@@ -299,6 +373,7 @@ impl Session {
             class.catalog |= c.catalog;
             class.hint = class.hint.or(c.hint);
             class.tx = class.tx.or(c.tx);
+            class.ddl |= c.ddl;
             class.functions.extend(c.functions.iter().cloned());
             class.relations.extend(c.relations.iter().cloned());
         };
@@ -340,9 +415,8 @@ impl Session {
         let Some(b) = self.backend.as_ref() else {
             return Ok(false);
         };
-        let conn_id = (b.target, b.conn.pid);
         let mut unnamed_here =
-            self.unnamed.as_ref().is_some_and(|u| u.2 == conn_id.1) && self.unnamed_target == Some(conn_id.0);
+            self.unnamed.as_ref().is_some_and(|u| u.2 == b.conn.pid) && self.unnamed_node == Some(b.node);
         let mut track = false;
         let mut last = 0u8;
         self.frames(end, |tag, body| {
@@ -402,20 +476,57 @@ impl Session {
     /// Re-creates the client's unnamed statement on this connection if it was parsed on another.
     fn ensure_unnamed(&mut self) {
         let b = self.backend.as_ref().expect("attached");
-        let (target, pid) = (b.target, b.conn.pid);
+        let (node, pid) = (b.node, b.conn.pid);
         if let Some((sql, types, on)) = &mut self.unnamed {
-            if *on != pid || self.unnamed_target != Some(target) {
+            if *on != pid || self.unnamed_node != Some(node) {
                 encode_parse(&mut self.bout, "", sql, types);
                 *on = pid;
-                self.unnamed_target = Some(target);
+                self.unnamed_node = Some(node);
                 self.track(Expect::Parse { swallow: true, id: None });
             }
         }
     }
 
+    /// In a batch already sent to a replica (routed before its Sync arrived), a statement that
+    /// is not a read is refused by pgsplit itself rather than sent there.
+    fn refuse_on_replica(&mut self, tag: u8, body: &[u8]) -> Result<bool, Error> {
+        if !matches!(self.backend.as_ref().map(|b| b.target), Some(Target::Replica(_))) {
+            return Ok(false);
+        }
+        let class = match tag {
+            b'P' => match FrontendMessage::decode(tag, body).map_err(protocol)? {
+                FrontendMessage::Parse { sql, .. } => Some(self.classify(&sql)),
+                _ => None,
+            },
+            b'B' => {
+                let (_, name, _) = bind_statement(body).map_err(protocol)?;
+                if name.is_empty() {
+                    self.unnamed_class.clone()
+                } else {
+                    self.statements.get(name).map(|s| s.class.clone())
+                }
+            }
+            _ => return Ok(false),
+        };
+        if class.is_some_and(|c| c.is_read()) {
+            return Ok(false);
+        }
+        let e = ErrorResponse::error(
+            SqlState::READ_ONLY_SQL_TRANSACTION,
+            "pgsplit: this batch was sent to a replica before this statement arrived, and it is not a read; send a Sync before it",
+        );
+        crate::metrics::error_sent(e.code.code());
+        self.expect.push(Expect::SynthError(e.to_bytes().freeze()));
+        self.skip_until_sync = true;
+        Ok(true)
+    }
+
     fn forward_extended(&mut self, h: FrameHeader) -> Result<(), Error> {
         let frame: BytesMut = self.cin.split_to(h.total);
         let body = &frame[5..];
+        if self.refuse_on_replica(h.tag, body)? {
+            return Ok(());
+        }
         match h.tag {
             b'P' => {
                 let FrontendMessage::Parse { name, sql, param_types } =
@@ -425,10 +536,10 @@ impl Session {
                 };
                 if name.is_empty() {
                     let b = self.backend.as_ref().expect("attached");
-                    let (target, pid) = (b.target, b.conn.pid);
+                    let (node, pid) = (b.node, b.conn.pid);
                     self.unnamed_class = Some(self.classify(&sql));
                     self.unnamed = Some((sql, param_types, pid));
-                    self.unnamed_target = Some(target);
+                    self.unnamed_node = Some(node);
                     self.bout.extend_from_slice(&frame);
                     self.track(Expect::Parse { swallow: false, id: None });
                 } else if self.statements.contains_key(&name) {
@@ -522,6 +633,7 @@ impl Session {
                 let (started, target) = self.batch_started.take().unwrap_or((Instant::now(), "primary"));
                 self.batches.push_back(Batch {
                     extended: true,
+                    ddl: std::mem::take(&mut self.batch_ddl),
                     effects: std::mem::take(&mut self.open_effects),
                     error: false,
                     started,

@@ -23,7 +23,6 @@ use tracing::Instrument;
 use crate::config::PoolMode;
 use crate::context::Context;
 use crate::error::Error;
-use crate::pool::PoolKey;
 
 pub use state::SessionParams;
 
@@ -106,11 +105,17 @@ where
     let listed = authed.user.as_ref();
     let size = listed.and_then(|u| u.pool_size).unwrap_or(settings.pool.size);
     let mode = listed.and_then(|u| u.pool_mode).unwrap_or(settings.pool.mode);
-    let key = PoolKey { node: settings.primary.clone(), user: user.to_owned(), database: database.to_owned() };
-    let pool = ctx.pools.get(&key, size, &authed.credential);
+    let app = info.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v.as_str()).unwrap_or("");
+    let login = relay::Login {
+        user: user.to_owned(),
+        database: database.to_owned(),
+        credential: authed.credential,
+        pool_size: size,
+        reads: settings.routing.reads_for(user, database, app),
+    };
+    ctx.topology.catalogs.want(database);
     let cancel = ctx.cancels.register();
-
-    let mut session = relay::Session::new(ctx.clone(), pool, mode, params, cancel);
+    let mut session = relay::Session::new(ctx.clone(), login, mode, params, cancel);
     let reported = session.reported_params().await.map_err(|e| match e {
         // At login every failure is final.
         Error::Pool(crate::pool::PoolError::CheckoutTimeout(_)) => {

@@ -17,9 +17,10 @@ use super::io::ClientIo;
 use super::state::SessionParams;
 use crate::cancel::Registration;
 use crate::config::PoolMode;
+use crate::config::Reads;
 use crate::context::Context;
 use crate::error::Error;
-use crate::pool::{Pool, PooledConn, MAX_BACKEND_MESSAGE};
+use crate::pool::{Credential, Pool, PooledConn, MAX_BACKEND_MESSAGE};
 use crate::router::{Effect, Pin, Target};
 use crate::statements::Statement;
 
@@ -30,12 +31,25 @@ const HIGH_WATER: usize = 256 << 10;
 pub(super) struct Backend {
     pub conn: PooledConn,
     pub target: Target,
+    /// Index of its node in the topology.
+    pub node: usize,
+}
+
+/// Who the session is logged in as, and what follows from it.
+pub(super) struct Login {
+    pub user: String,
+    pub database: String,
+    pub credential: Credential,
+    pub pool_size: usize,
+    pub reads: Reads,
 }
 
 /// What happened to one batch (a simple Query, or extended messages up to Sync).
 pub(super) struct Batch {
     /// Extended protocol (ended by Sync) rather than a simple Query.
     pub extended: bool,
+    /// Changes schema: the catalog facts are refreshed when it completes.
+    pub ddl: bool,
     pub effects: Vec<Effect>,
     pub error: bool,
     pub started: Instant,
@@ -44,7 +58,9 @@ pub(super) struct Batch {
 
 pub struct Session {
     pub(super) ctx: Arc<Context>,
-    pub(super) pool: Pool,
+    pub(super) login: Login,
+    /// Pools by node index, created on first use.
+    pub(super) pools: Vec<Option<Pool>>,
     pub(super) mode: PoolMode,
     pub(super) cancel: Registration,
     pub(super) limits: Limits,
@@ -53,6 +69,12 @@ pub struct Session {
     pub(super) cout: BytesMut,
     pub(super) bout: BytesMut,
     pub(super) backend: Option<Backend>,
+    /// Session mode: the other connections this session holds, idle.
+    pub(super) parked: Vec<Backend>,
+    /// A batch waits for the current backend to finish before it can go elsewhere.
+    pub(super) blocked: bool,
+    /// Session settings that must not reach a replica are in force.
+    pub(super) forces_primary: bool,
 
     /// Transaction status from the last ReadyForQuery.
     pub(super) tx: TxStatus,
@@ -87,9 +109,11 @@ pub struct Session {
     /// The client's unnamed statement and the backend pid it was parsed on.
     pub(super) unnamed: Option<(String, Vec<u32>, i32)>,
     pub(super) unnamed_class: Option<crate::router::ClassRef>,
-    pub(super) unnamed_target: Option<Target>,
+    pub(super) unnamed_node: Option<usize>,
     /// When the open extended batch started and where it went.
     pub(super) batch_started: Option<(Instant, &'static str)>,
+    /// The open extended batch changes schema.
+    pub(super) batch_ddl: bool,
 
     pub(super) draining: bool,
     pub(super) terminated: bool,
@@ -106,15 +130,17 @@ enum Event {
 impl Session {
     pub(super) fn new(
         ctx: Arc<Context>,
-        pool: Pool,
+        login: Login,
         mode: PoolMode,
         params: SessionParams,
         cancel: Registration,
     ) -> Self {
         let limits = ctx.settings.server.limits;
         Session {
+            forces_primary: params.forces_primary(),
             ctx,
-            pool,
+            login,
+            pools: Vec::new(),
             mode,
             cancel,
             limits,
@@ -122,6 +148,8 @@ impl Session {
             cout: BytesMut::with_capacity(8192),
             bout: BytesMut::with_capacity(8192),
             backend: None,
+            parked: Vec::new(),
+            blocked: false,
             tx: TxStatus::Idle,
             batches: VecDeque::new(),
             batch_open: false,
@@ -139,8 +167,9 @@ impl Session {
             statements: HashMap::new(),
             unnamed: None,
             unnamed_class: None,
-            unnamed_target: None,
+            unnamed_node: None,
             batch_started: None,
+            batch_ddl: false,
             draining: false,
             terminated: false,
         }
@@ -260,11 +289,12 @@ impl Session {
 
     fn skip_client_reads(&self) -> bool {
         // Enough is buffered to work with; wait until it has been sent on.
-        self.cin.len() >= HIGH_WATER
-            && peek_header(&self.cin, |t| self.limits.frontend_cap(t))
-                .ok()
-                .flatten()
-                .is_some_and(|h| h.total <= self.cin.len())
+        self.blocked
+            || self.cin.len() >= HIGH_WATER
+                && peek_header(&self.cin, |t| self.limits.frontend_cap(t))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|h| h.total <= self.cin.len())
     }
 
     fn idle_for_shutdown(&self) -> bool {
@@ -324,6 +354,9 @@ impl Session {
                     self.copy_in = false;
                     if let Some(batch) = self.batches.pop_front() {
                         crate::metrics::query_duration(batch.target, batch.started.elapsed().as_secs_f64());
+                        if batch.ddl {
+                            self.ctx.topology.catalogs.refresh(&self.login.database);
+                        }
                         finish_batch(
                             batch,
                             status,
@@ -336,6 +369,10 @@ impl Session {
                                 conn,
                             },
                         );
+                        self.forces_primary = self.params.forces_primary();
+                    }
+                    if self.batches.is_empty() {
+                        self.blocked = false;
                     }
                 }
                 b'E' => {

@@ -145,6 +145,22 @@ impl SessionParams {
         sql
     }
 
+    /// Whether a setting in force must not reach a replica: a serializable default (a standby
+    /// refuses serializable transactions) or read-write session characteristics.
+    pub fn forces_primary(&self) -> bool {
+        self.current.iter().any(|(name, sql)| {
+            let sql = sql.to_ascii_lowercase();
+            match name.as_str() {
+                "default_transaction_isolation" => sql.contains("serializable"),
+                "session characteristics" => sql.contains("serializable") || sql.contains("read write"),
+                "transaction_read_only" | "default_transaction_read_only" => {
+                    sql.contains("off") || sql.contains("false") || sql.contains("'0'")
+                }
+                _ => false,
+            }
+        })
+    }
+
     /// Names and replay SQL of the settings in force.
     #[cfg(test)]
     pub fn current(&self) -> &[(String, String)] {

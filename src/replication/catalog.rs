@@ -1,0 +1,96 @@
+//! What the primary's catalog says that routing needs: the volatility of every function
+//! (`pg_proc.provolatile`) and the unlogged relations, per database. Loaded by the monitor for
+//! the databases clients use, refreshed periodically and right after DDL through pgsplit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+/// One database's catalog facts.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Function name (lower case, unqualified) → the most volatile of its overloads:
+    /// `i`mmutable, `s`table or `v`olatile.
+    pub functions: HashMap<String, u8>,
+    /// Unlogged tables, materialized views and partitioned tables (lower case, unqualified).
+    pub unlogged: HashSet<String>,
+    pub loaded_at: Option<Instant>,
+}
+
+impl Catalog {
+    pub fn volatility(&self, function: &str) -> Option<u8> {
+        self.functions.get(function).copied()
+    }
+}
+
+/// Catalogs of every database in use.
+#[derive(Default)]
+pub struct Catalogs {
+    loaded: ArcSwap<HashMap<String, Arc<Catalog>>>,
+    /// Databases to (re)load at the monitor's next pass.
+    pending: Mutex<HashSet<String>>,
+    pub(crate) wake: Notify,
+}
+
+impl Catalogs {
+    pub fn get(&self, database: &str) -> Option<Arc<Catalog>> {
+        self.loaded.load().get(database).cloned()
+    }
+
+    /// A client uses `database`: load its catalog if it is not loaded.
+    pub fn want(&self, database: &str) {
+        if self.loaded.load().contains_key(database) {
+            return;
+        }
+        self.refresh(database);
+    }
+
+    /// Reload `database`'s catalog soon (after DDL).
+    pub fn refresh(&self, database: &str) {
+        let mut p = self.pending.lock().expect("catalog pending");
+        if p.insert(database.to_owned()) {
+            drop(p);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Try `database` again at the next pass, without waking the loader now.
+    pub(crate) fn refresh_later(&self, database: &str) {
+        self.pending.lock().expect("catalog pending").insert(database.to_owned());
+    }
+
+    pub(crate) fn take_pending(&self) -> Vec<String> {
+        self.pending.lock().expect("catalog pending").drain().collect()
+    }
+
+    pub(crate) fn databases(&self) -> Vec<String> {
+        self.loaded.load().keys().cloned().collect()
+    }
+
+    pub(crate) fn store(&self, database: &str, catalog: Catalog) {
+        let mut m = HashMap::clone(&self.loaded.load());
+        m.insert(database.to_owned(), Arc::new(catalog));
+        self.loaded.store(Arc::new(m));
+    }
+}
+
+/// Reads one database's catalog from the primary.
+pub(crate) async fn load(conn: &mut sqlx::PgConnection) -> Result<Catalog, sqlx::Error> {
+    let functions: Vec<(String, String)> =
+        sqlx::query_as("SELECT lower(proname::text), max(provolatile::text) FROM pg_catalog.pg_proc GROUP BY 1")
+            .fetch_all(&mut *conn)
+            .await?;
+    let unlogged: Vec<(String,)> = sqlx::query_as(
+        "SELECT lower(relname::text) FROM pg_catalog.pg_class WHERE relpersistence = 'u' AND relkind IN ('r', 'p', 'm')",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Catalog {
+        functions: functions.into_iter().map(|(n, v)| (n, v.bytes().next().unwrap_or(b'v'))).collect(),
+        unlogged: unlogged.into_iter().map(|(n,)| n).collect(),
+        loaded_at: Some(Instant::now()),
+    })
+}

@@ -1,0 +1,231 @@
+//! Topology and health: which node is the primary, which replicas may serve reads, and (for the
+//! router) what the primary's catalog says about functions and unlogged tables.
+//!
+//! A background monitor ([`monitor`]) samples every node with sqlx and publishes an immutable
+//! [`Snapshot`] through `ArcSwap`; sessions read it without locking or awaiting. Sessions report
+//! failures they see (a replica that refused a connection) so that a bad node is avoided at
+//! once, and only the monitor's consecutive good samples let it back in (hysteresis).
+
+pub mod catalog;
+pub mod monitor;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::config::NodeAddr;
+
+pub use catalog::{Catalog, Catalogs};
+
+/// What a node is, as last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Replica,
+    /// Not sampled successfully yet.
+    Unknown,
+}
+
+/// One node in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub addr: String,
+    pub role: Role,
+    /// The last sample succeeded.
+    pub healthy: bool,
+    /// Kept from reads (failed samples or failures reported by sessions) until it has had
+    /// `unban_after` good samples in a row.
+    pub banned: bool,
+    /// Primary: `pg_current_wal_lsn()`; replica: `pg_last_wal_replay_lsn()`.
+    pub lsn: Option<u64>,
+    /// Replica: `pg_last_wal_receive_lsn()`.
+    pub receive_lsn: Option<u64>,
+    /// Replica: bytes of WAL the primary has that this replica has not replayed.
+    pub lag_bytes: Option<u64>,
+    /// Replica: how far behind replay is in time (0 when nothing is left to replay).
+    pub lag_seconds: Option<f64>,
+    /// Why the last sample failed.
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub sampled_at: Option<Instant>,
+}
+
+impl NodeStatus {
+    pub fn new(addr: &NodeAddr, role: Role) -> Self {
+        NodeStatus {
+            addr: addr.to_string(),
+            role,
+            healthy: false,
+            banned: false,
+            lsn: None,
+            receive_lsn: None,
+            lag_bytes: None,
+            lag_seconds: None,
+            error: None,
+            sampled_at: None,
+        }
+    }
+}
+
+/// The published view of the cluster.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeStatus>,
+    /// Index of the primary, if there is one.
+    pub primary: Option<usize>,
+    /// Why there is no primary, when there is none.
+    pub no_primary: Option<String>,
+    pub taken: Instant,
+}
+
+impl Snapshot {
+    pub fn initial(nodes: &[NodeAddr]) -> Self {
+        let mut list: Vec<NodeStatus> = nodes.iter().map(|n| NodeStatus::new(n, Role::Unknown)).collect();
+        if let Some(first) = list.first_mut() {
+            // Until the first sample, the declared primary is trusted for writes (every
+            // primary connection is still checked: a node in recovery is never written to).
+            first.role = Role::Primary;
+        }
+        Snapshot {
+            nodes: list,
+            primary: if nodes.is_empty() { None } else { Some(0) },
+            no_primary: None,
+            taken: Instant::now(),
+        }
+    }
+
+    /// Whether node `i` may serve reads right now (lag thresholds come on top, in the policy).
+    pub fn readable(&self, i: usize) -> bool {
+        self.nodes.get(i).is_some_and(|n| n.role == Role::Replica && n.healthy && !n.banned)
+    }
+}
+
+/// The shared, always-readable topology.
+pub struct Topology {
+    pub nodes: Vec<NodeAddr>,
+    current: ArcSwap<Snapshot>,
+    /// Outstanding requests per node (for least-outstanding balancing).
+    loads: Vec<AtomicUsize>,
+    /// Set by sessions that saw a node fail; cleared by the monitor's good samples.
+    suspect: Vec<AtomicBool>,
+    /// Round-robin position.
+    rr: AtomicUsize,
+    pub catalogs: Catalogs,
+}
+
+impl Topology {
+    pub fn new(nodes: Vec<NodeAddr>) -> Arc<Self> {
+        let n = nodes.len();
+        Arc::new(Topology {
+            current: ArcSwap::from_pointee(Snapshot::initial(&nodes)),
+            loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            suspect: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            rr: AtomicUsize::new(0),
+            catalogs: Catalogs::default(),
+            nodes,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub(crate) fn publish(&self, s: Snapshot) {
+        self.current.store(Arc::new(s));
+    }
+
+    pub fn load(&self, i: usize) -> usize {
+        self.loads.get(i).map(|l| l.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    pub fn loads(&self) -> Vec<usize> {
+        self.loads.iter().map(|l| l.load(Ordering::Relaxed)).collect()
+    }
+
+    pub fn acquire(&self, i: usize) {
+        if let Some(l) = self.loads.get(i) {
+            l.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn release(&self, i: usize) {
+        if let Some(l) = self.loads.get(i) {
+            l.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn next_round_robin(&self) -> usize {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A session saw node `i` fail: keep reads away from it until the monitor vouches for it.
+    pub fn report_failure(&self, i: usize, why: &str) {
+        if let Some(s) = self.suspect.get(i) {
+            if !s.swap(true, Ordering::AcqRel) {
+                tracing::warn!(node = %self.nodes[i], why, "node marked unhealthy after a failure seen by a session");
+            }
+        }
+    }
+
+    pub fn is_suspect(&self, i: usize) -> bool {
+        self.suspect.get(i).is_some_and(|s| s.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn clear_suspect(&self, i: usize) -> bool {
+        self.suspect.get(i).is_some_and(|s| s.swap(false, Ordering::AcqRel))
+    }
+
+    pub fn index_of(&self, addr: &NodeAddr) -> Option<usize> {
+        self.nodes.iter().position(|n| n == addr)
+    }
+}
+
+/// Parses an LSN as PostgreSQL prints it (`16/B374D848`).
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// Formats an LSN as PostgreSQL does.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trip() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("x"), None);
+        assert_eq!(parse_lsn("1/zz"), None);
+    }
+
+    #[test]
+    fn initial_snapshot_trusts_the_declared_primary_only() {
+        let nodes = vec![NodeAddr { host: "a".into(), port: 1 }, NodeAddr { host: "b".into(), port: 2 }];
+        let s = Snapshot::initial(&nodes);
+        assert_eq!(s.primary, Some(0));
+        assert!(!s.readable(1), "no replica is readable before it is sampled");
+    }
+
+    #[test]
+    fn suspects_and_loads() {
+        let t = Topology::new(vec![NodeAddr { host: "a".into(), port: 1 }]);
+        t.report_failure(0, "test");
+        assert!(t.is_suspect(0));
+        assert!(t.clear_suspect(0));
+        assert!(!t.is_suspect(0));
+        t.acquire(0);
+        t.acquire(0);
+        t.release(0);
+        assert_eq!(t.load(0), 1);
+    }
+}

@@ -1,0 +1,294 @@
+//! The monitor: every `monitor.interval`, sample every node over its own sqlx connection, decide
+//! roles and health (with hysteresis), and publish a new snapshot. A second loop keeps the
+//! primary's catalog facts current for the databases clients use.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use super::{parse_lsn, NodeStatus, Role, Snapshot, Topology};
+use crate::config::{MonitorSettings, NodeAddr};
+
+/// What one sample of a node returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub in_recovery: bool,
+    /// Primary: current WAL position; replica: last replayed position.
+    pub lsn: Option<u64>,
+    pub receive_lsn: Option<u64>,
+    /// Replica: seconds since the last replayed transaction committed on the primary.
+    pub replay_age: Option<f64>,
+}
+
+const SAMPLE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+     pg_last_wal_receive_lsn()::text, \
+     extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8";
+
+fn options(node: &NodeAddr, settings: &MonitorSettings, database: &str) -> PgConnectOptions {
+    PgConnectOptions::new()
+        .host(&node.host)
+        .port(node.port)
+        .username(&settings.user)
+        .password(&settings.password)
+        .database(database)
+        .ssl_mode(PgSslMode::Disable)
+        .application_name("pgsplit monitor")
+        .statement_cache_capacity(8)
+        .log_statements(tracing::log::LevelFilter::Trace)
+}
+
+async fn sample(conn: &mut PgConnection) -> Result<Sample, sqlx::Error> {
+    let (in_recovery, lsn, recv, age): (bool, Option<String>, Option<String>, Option<f64>) =
+        sqlx::query_as(SAMPLE_SQL).fetch_one(conn).await?;
+    Ok(Sample {
+        in_recovery,
+        lsn: lsn.as_deref().and_then(parse_lsn),
+        receive_lsn: recv.as_deref().and_then(parse_lsn),
+        replay_age: age,
+    })
+}
+
+/// Per-node state the monitor keeps between samples.
+#[derive(Default)]
+struct NodeTrack {
+    conn: Option<PgConnection>,
+    good_in_a_row: u32,
+    bad_in_a_row: u32,
+    banned: bool,
+}
+
+async fn sample_node(node: &NodeAddr, track: &mut NodeTrack, settings: &MonitorSettings) -> Result<Sample, String> {
+    let timeout = settings.timeout;
+    let fut = async {
+        if track.conn.is_none() {
+            let c = options(node, settings, &settings.database).connect().await.map_err(|e| e.to_string())?;
+            track.conn = Some(c);
+        }
+        sample(track.conn.as_mut().expect("connected")).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => {
+            track.conn = None;
+            Err(e)
+        }
+        Err(_) => {
+            track.conn = None;
+            Err(format!("no answer within {} ms", timeout.as_millis()))
+        }
+    }
+}
+
+/// Pure: the next snapshot from the previous one and this round's samples.
+pub fn next_snapshot(
+    prev: &Snapshot,
+    nodes: &[NodeAddr],
+    samples: &[Result<Sample, String>],
+    banned: &[bool],
+) -> Snapshot {
+    let mut list = Vec::with_capacity(nodes.len());
+    let now = Instant::now();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut st = NodeStatus::new(node, prev.nodes.get(i).map(|n| n.role).unwrap_or(Role::Unknown));
+        st.banned = banned[i];
+        match &samples[i] {
+            Ok(s) => {
+                st.healthy = true;
+                st.role = if s.in_recovery { Role::Replica } else { Role::Primary };
+                st.lsn = s.lsn;
+                st.receive_lsn = s.receive_lsn;
+                st.sampled_at = Some(now);
+            }
+            Err(e) => {
+                st.error = Some(e.clone());
+                st.sampled_at = prev.nodes.get(i).and_then(|n| n.sampled_at);
+            }
+        }
+        list.push(st);
+    }
+    // The primary: a reachable node not in recovery, the current one first. If none is
+    // reachable as a primary but the current one cannot be reached at all, keep it (writes
+    // then fail with a connection error that says so); if every reachable node is in
+    // recovery, there is no primary.
+    let candidates: Vec<usize> =
+        (0..nodes.len()).filter(|&i| samples[i].as_ref().is_ok_and(|s| !s.in_recovery)).collect();
+    let (primary, no_primary) = match prev.primary {
+        Some(p) if candidates.contains(&p) => (Some(p), None),
+        _ if !candidates.is_empty() => (Some(candidates[0]), None),
+        Some(p) if samples[p].is_err() => (Some(p), None),
+        _ => (None, Some("no node is out of recovery: there is no primary to write to".to_string())),
+    };
+    let primary_lsn = primary.and_then(|p| samples[p].as_ref().ok()).and_then(|s| s.lsn);
+    for (i, st) in list.iter_mut().enumerate() {
+        if let (Ok(s), true) = (&samples[i], st.role == Role::Replica) {
+            st.lag_bytes = match (primary_lsn, s.lsn) {
+                (Some(p), Some(r)) => Some(p.saturating_sub(r)),
+                _ => None,
+            };
+            // An idle primary must not make a replica look laggy: nothing left to replay is
+            // no lag, however long ago the last transaction was.
+            st.lag_seconds = match st.lag_bytes {
+                Some(0) => Some(0.0),
+                _ => s.replay_age.map(|a| a.max(0.0)),
+            };
+        }
+    }
+    Snapshot { nodes: list, primary, no_primary, taken: now }
+}
+
+/// Samples every node forever (until `shutdown`) and publishes snapshots.
+pub async fn run(topology: Arc<Topology>, settings: MonitorSettings, shutdown: CancellationToken) {
+    let nodes = topology.nodes.clone();
+    let mut tracks: Vec<NodeTrack> = nodes.iter().map(|_| NodeTrack::default()).collect();
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(catalog_loop(topology.clone(), settings.clone(), shutdown.clone()));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let futs = nodes.iter().zip(tracks.iter_mut()).map(|(n, t)| sample_node(n, t, &settings));
+        let samples = futures_util::future::join_all(futs).await;
+        let mut banned = Vec::with_capacity(nodes.len());
+        for (i, (t, s)) in tracks.iter_mut().zip(&samples).enumerate() {
+            if topology.clear_suspect(i) {
+                t.banned = true;
+                t.good_in_a_row = 0;
+            }
+            match s {
+                Ok(_) => {
+                    t.good_in_a_row += 1;
+                    t.bad_in_a_row = 0;
+                    if t.banned && t.good_in_a_row >= settings.unban_after {
+                        t.banned = false;
+                        tracing::info!(node = %nodes[i], "node healthy again: back in rotation");
+                    }
+                }
+                Err(e) => {
+                    t.bad_in_a_row += 1;
+                    t.good_in_a_row = 0;
+                    if !t.banned && t.bad_in_a_row >= settings.ban_after {
+                        t.banned = true;
+                        tracing::warn!(node = %nodes[i], error = %e, "node unhealthy: banned from reads");
+                    }
+                }
+            }
+            banned.push(t.banned);
+        }
+        let prev = topology.snapshot();
+        let next = next_snapshot(&prev, &nodes, &samples, &banned);
+        if next.primary != prev.primary {
+            match next.primary {
+                Some(p) => tracing::warn!(primary = %nodes[p], "primary is now {}", nodes[p]),
+                None => tracing::error!("no primary: {}", next.no_primary.as_deref().unwrap_or("")),
+            }
+        }
+        topology.publish(next);
+    }
+}
+
+/// Loads catalogs when clients ask for a database, after DDL, and every `catalog_refresh`.
+async fn catalog_loop(topology: Arc<Topology>, settings: MonitorSettings, shutdown: CancellationToken) {
+    let mut last_full = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = topology.catalogs.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let mut dbs = topology.catalogs.take_pending();
+        if last_full.elapsed() >= settings.catalog_refresh {
+            last_full = Instant::now();
+            for d in topology.catalogs.databases() {
+                if !dbs.contains(&d) {
+                    dbs.push(d);
+                }
+            }
+        }
+        let Some(p) = topology.snapshot().primary else { continue };
+        let node = topology.nodes[p].clone();
+        for db in dbs {
+            let load = async {
+                let mut c = options(&node, &settings, &db).connect().await?;
+                let cat = super::catalog::load(&mut c).await;
+                let _ = c.close().await;
+                cat
+            };
+            match tokio::time::timeout(settings.timeout * 5, load).await {
+                Ok(Ok(cat)) => {
+                    tracing::debug!(database = %db, functions = cat.functions.len(), unlogged = cat.unlogged.len(), "catalog loaded");
+                    topology.catalogs.store(&db, cat);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(database = %db, error = %e, "could not read the catalog; statements calling functions go to the primary");
+                    topology.catalogs.refresh_later(&db);
+                }
+                Err(_) => topology.catalogs.refresh_later(&db),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: usize) -> Vec<NodeAddr> {
+        (0..n).map(|i| NodeAddr { host: "h".into(), port: i as u16 }).collect()
+    }
+
+    fn primary(lsn: u64) -> Result<Sample, String> {
+        Ok(Sample { in_recovery: false, lsn: Some(lsn), receive_lsn: None, replay_age: None })
+    }
+
+    fn replica(lsn: u64, age: f64) -> Result<Sample, String> {
+        Ok(Sample { in_recovery: true, lsn: Some(lsn), receive_lsn: Some(lsn), replay_age: Some(age) })
+    }
+
+    #[test]
+    fn roles_and_lag() {
+        let n = nodes(3);
+        let prev = Snapshot::initial(&n);
+        let s = next_snapshot(&prev, &n, &[primary(1000), replica(1000, 500.0), replica(400, 2.5)], &[false; 3]);
+        assert_eq!(s.primary, Some(0));
+        assert_eq!(s.nodes[1].role, Role::Replica);
+        assert_eq!(s.nodes[1].lag_bytes, Some(0));
+        assert_eq!(s.nodes[1].lag_seconds, Some(0.0), "an idle primary does not make a replica laggy");
+        assert_eq!(s.nodes[2].lag_bytes, Some(600));
+        assert_eq!(s.nodes[2].lag_seconds, Some(2.5));
+        assert!(s.readable(1) && s.readable(2));
+    }
+
+    #[test]
+    fn failover_finds_the_new_primary() {
+        let n = nodes(3);
+        let prev =
+            next_snapshot(&Snapshot::initial(&n), &n, &[primary(1), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);
+        // old primary down, replica 2 promoted
+        let s = next_snapshot(&prev, &n, &[Err("refused".into()), replica(1, 0.0), primary(5)], &[true, false, false]);
+        assert_eq!(s.primary, Some(2));
+        // primary unreachable and nobody promoted: keep it (writes fail with its connection error)
+        let s =
+            next_snapshot(&prev, &n, &[Err("refused".into()), replica(1, 0.0), replica(1, 0.0)], &[true, false, false]);
+        assert_eq!(s.primary, Some(0));
+        // every reachable node in recovery: no primary, and it says why
+        let s = next_snapshot(&prev, &n, &[replica(1, 0.0), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);
+        assert_eq!(s.primary, None);
+        assert!(s.no_primary.is_some());
+    }
+
+    #[test]
+    fn failed_sample_is_unhealthy() {
+        let n = nodes(2);
+        let prev = next_snapshot(&Snapshot::initial(&n), &n, &[primary(1), replica(1, 0.0)], &[false; 2]);
+        let s = next_snapshot(&prev, &n, &[primary(1), Err("timeout".into())], &[false, false]);
+        assert!(!s.nodes[1].healthy);
+        assert!(!s.readable(1));
+        assert_eq!(s.nodes[1].role, Role::Replica, "role kept from before");
+    }
+}
