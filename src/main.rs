@@ -32,6 +32,12 @@ struct Cli {
     /// Backend connections per (node, user, database) (pool.size).
     #[arg(long)]
     pool_size: Option<usize>,
+    /// Replicas further behind get no reads, e.g. 500ms (consistency.max_lag).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_lag: Option<std::time::Duration>,
+    /// session, global, time or eventual (consistency.mode).
+    #[arg(long)]
+    consistency: Option<String>,
     /// Log filter, e.g. info or pgsplit=debug (log.level).
     #[arg(long)]
     log_level: Option<String>,
@@ -61,6 +67,8 @@ fn load(cli: &Cli, file: Option<&std::path::Path>) -> Result<Settings, ConfigErr
         pool_mode: cli.pool_mode.clone(),
         pool_size: cli.pool_size,
         log_level: cli.log_level.clone(),
+        max_lag: cli.max_lag,
+        consistency: cli.consistency.clone(),
     });
     Settings::validate(config)
 }

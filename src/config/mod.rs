@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use routing::{
-    LoadBalance, MonitorConfig, Reads, RoutingConfig, RoutingSettings, Rule, RuleConfig, DEFAULT_HARMLESS,
+    ConsistencyConfig, ConsistencyRuleConfig, ConsistencySettings, LoadBalance, Mode, MonitorConfig, Reads, RoutingConfig, RoutingSettings, Rule, RuleConfig, DEFAULT_HARMLESS,
 };
 pub use settings::{
     AuthMethod, AuthSettings, BackendCredential, ClientSecret, MonitorSettings, NodeAddr, PoolMode, PoolSettings,
@@ -47,6 +47,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
     pub routing: RoutingConfig,
+    pub consistency: ConsistencyConfig,
     pub monitor: MonitorConfig,
     pub log: LogConfig,
     pub users: Vec<UserConfig>,
@@ -229,6 +230,8 @@ pub struct Overrides {
     pub pool_mode: Option<String>,
     pub pool_size: Option<usize>,
     pub log_level: Option<String>,
+    pub max_lag: Option<std::time::Duration>,
+    pub consistency: Option<String>,
 }
 
 impl Config {
@@ -279,6 +282,12 @@ impl Config {
         }
         if let Some(v) = &o.log_level {
             self.log.level = v.clone();
+        }
+        if let Some(v) = o.max_lag {
+            self.consistency.max_lag = v;
+        }
+        if let Some(v) = &o.consistency {
+            self.consistency.mode = v.clone();
         }
     }
 }

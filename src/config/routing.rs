@@ -240,3 +240,121 @@ impl RoutingSettings {
             .unwrap_or(self.reads)
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    /// `session` (read your own writes), `global` (every write through pgsplit before the
+    /// read), `time` (primary for `time_window` after a write) or `eventual` (lag threshold only).
+    pub mode: String,
+    /// A replica further behind than this in time gets no reads.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+    /// A replica further behind than this many bytes of WAL gets no reads (0: no byte limit).
+    pub max_lag_bytes: u64,
+    /// A replica whose last good sample is older than this counts as lagging.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// For `mode = "time"`: how long reads stay on the primary after a write.
+    #[serde(with = "humantime_serde")]
+    pub time_window: Duration,
+    /// Modes by user and database (first match wins).
+    pub rules: Vec<ConsistencyRuleConfig>,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        ConsistencyConfig {
+            mode: "session".into(),
+            max_lag: Duration::from_secs(1),
+            max_lag_bytes: 0,
+            stale_after: Duration::from_secs(1),
+            time_window: Duration::from_secs(1),
+            rules: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyRuleConfig {
+    /// Match this user (empty: any).
+    pub user: String,
+    /// Match this database (empty: any).
+    pub database: String,
+    /// The mode for matching sessions.
+    pub mode: String,
+}
+
+/// How fresh a session's reads must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Session,
+    Global,
+    Time,
+    Eventual,
+}
+
+impl Mode {
+    pub fn parse(key: &str, s: &str) -> Result<Self, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "session" => Ok(Mode::Session),
+            "global" => Ok(Mode::Global),
+            "time" => Ok(Mode::Time),
+            "eventual" => Ok(Mode::Eventual),
+            _ => Err(ConfigError::invalid(key, format!("\"{s}\" is not session, global, time or eventual"))),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Session => "session",
+            Mode::Global => "global",
+            Mode::Time => "time",
+            Mode::Eventual => "eventual",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsistencySettings {
+    pub mode: Mode,
+    pub max_lag: Duration,
+    pub max_lag_bytes: u64,
+    pub stale_after: Duration,
+    pub time_window: Duration,
+    pub rules: Vec<(Option<String>, Option<String>, Mode)>,
+}
+
+impl ConsistencySettings {
+    pub fn validate(c: &ConsistencyConfig) -> Result<Self, ConfigError> {
+        let nonzero = |k: &str, d: Duration| {
+            if d.is_zero() {
+                Err(ConfigError::invalid(k, "must be greater than zero"))
+            } else {
+                Ok(d)
+            }
+        };
+        let opt = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        let rules = c
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Ok((opt(&r.user), opt(&r.database), Mode::parse(&format!("consistency.rules[{i}].mode"), &r.mode)?)))
+            .collect::<Result<_, ConfigError>>()?;
+        Ok(ConsistencySettings {
+            mode: Mode::parse("consistency.mode", &c.mode)?,
+            max_lag: nonzero("consistency.max_lag", c.max_lag)?,
+            max_lag_bytes: c.max_lag_bytes,
+            stale_after: nonzero("consistency.stale_after", c.stale_after)?,
+            time_window: nonzero("consistency.time_window", c.time_window)?,
+            rules,
+        })
+    }
+
+    pub fn mode_for(&self, user: &str, database: &str) -> Mode {
+        let m = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        self.rules.iter().find(|(u, d, _)| m(u, user) && m(d, database)).map(|r| r.2).unwrap_or(self.mode)
+    }
+}

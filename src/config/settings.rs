@@ -10,7 +10,7 @@ use std::time::Duration;
 use pgsplit_protocol::auth::{md5_secret, ScramVerifier};
 use pgsplit_protocol::Limits;
 
-use super::routing::RoutingSettings;
+use super::routing::{ConsistencySettings, RoutingSettings};
 use super::{Config, ConfigError, LogConfig};
 
 /// A validated configuration.
@@ -26,6 +26,7 @@ pub struct Settings {
     /// guess; the monitor finds the real primary with `pg_is_in_recovery()`.
     pub nodes: Vec<NodeAddr>,
     pub routing: RoutingSettings,
+    pub consistency: ConsistencySettings,
     pub monitor: MonitorSettings,
     /// Databases clients may use; empty means any.
     pub databases: Vec<String>,
@@ -360,6 +361,7 @@ impl Settings {
         // A database named in a node URL is no restriction: only `cluster.databases` is.
         let databases = c.cluster.databases.clone();
         let routing = RoutingSettings::validate(&c.routing)?;
+        let consistency = ConsistencySettings::validate(&c.consistency)?;
         let m = &c.monitor;
         let (mon_user, mon_password) = if !m.user.is_empty() {
             (m.user.clone(), m.password.clone())
@@ -410,6 +412,7 @@ impl Settings {
             replicas,
             nodes,
             routing,
+            consistency,
             monitor,
             databases,
             log: c.log.clone(),

@@ -48,6 +48,8 @@ pub struct NodeStatus {
     pub lag_bytes: Option<u64>,
     /// Replica: how far behind replay is in time (0 when nothing is left to replay).
     pub lag_seconds: Option<f64>,
+    /// Replica: over `consistency.max_lag` (entered above the limit, left below half of it).
+    pub lagging: bool,
     /// Why the last sample failed.
     pub error: Option<String>,
     #[serde(skip)]
@@ -65,6 +67,7 @@ impl NodeStatus {
             receive_lsn: None,
             lag_bytes: None,
             lag_seconds: None,
+            lagging: true,
             error: None,
             sampled_at: None,
         }
@@ -79,6 +82,11 @@ pub struct Snapshot {
     pub primary: Option<usize>,
     /// Why there is no primary, when there is none.
     pub no_primary: Option<String>,
+    /// The primary's WAL position in this round (`pg_current_wal_lsn()`).
+    pub primary_lsn: Option<u64>,
+    /// When this round of samples started: its `primary_lsn` is at or after every commit that
+    /// completed before this instant.
+    pub round_started: Option<Instant>,
     pub taken: Instant,
 }
 
@@ -94,13 +102,25 @@ impl Snapshot {
             nodes: list,
             primary: if nodes.is_empty() { None } else { Some(0) },
             no_primary: None,
+            primary_lsn: None,
+            round_started: None,
             taken: Instant::now(),
         }
     }
 
-    /// Whether node `i` may serve reads right now (lag thresholds come on top, in the policy).
+    /// Whether node `i` is a healthy replica, not banned and not lagging.
     pub fn readable(&self, i: usize) -> bool {
-        self.nodes.get(i).is_some_and(|n| n.role == Role::Replica && n.healthy && !n.banned)
+        self.nodes.get(i).is_some_and(|n| n.role == Role::Replica && n.healthy && !n.banned && !n.lagging)
+    }
+
+    /// Whether node `i`'s last good sample is older than `stale_after` (stale counts as lagging).
+    pub fn stale(&self, i: usize, now: Instant, stale_after: std::time::Duration) -> bool {
+        self.nodes.get(i).and_then(|n| n.sampled_at).is_none_or(|t| now.saturating_duration_since(t) > stale_after)
+    }
+
+    /// Whether node `i` has replayed at least to `lsn`.
+    pub fn has_replayed(&self, i: usize, lsn: u64) -> bool {
+        lsn == 0 || self.nodes.get(i).and_then(|n| n.lsn).is_some_and(|l| l >= lsn)
     }
 }
 
@@ -114,6 +134,10 @@ pub struct Topology {
     suspect: Vec<AtomicBool>,
     /// Round-robin position.
     rr: AtomicUsize,
+    /// When the last write through this pgsplit committed (nanoseconds after `epoch`), for
+    /// `global` consistency.
+    last_write: std::sync::atomic::AtomicU64,
+    epoch: Instant,
     pub catalogs: Catalogs,
 }
 
@@ -125,6 +149,8 @@ impl Topology {
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             suspect: (0..n).map(|_| AtomicBool::new(false)).collect(),
             rr: AtomicUsize::new(0),
+            last_write: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
             catalogs: Catalogs::default(),
             nodes,
         })
@@ -177,6 +203,20 @@ impl Topology {
 
     pub(crate) fn clear_suspect(&self, i: usize) -> bool {
         self.suspect.get(i).is_some_and(|s| s.swap(false, Ordering::AcqRel))
+    }
+
+    /// A write through pgsplit has committed now.
+    pub fn note_write(&self, at: Instant) {
+        let n = at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1;
+        self.last_write.fetch_max(n, Ordering::AcqRel);
+    }
+
+    /// When the last write through this pgsplit committed.
+    pub fn last_write(&self) -> Option<Instant> {
+        match self.last_write.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.epoch + std::time::Duration::from_nanos(n - 1)),
+        }
     }
 
     pub fn index_of(&self, addr: &NodeAddr) -> Option<usize> {

@@ -83,12 +83,35 @@ async fn sample_node(node: &NodeAddr, track: &mut NodeTrack, settings: &MonitorS
     }
 }
 
+/// When a replica counts as lagging.
+#[derive(Debug, Clone, Copy)]
+pub struct LagLimits {
+    pub max_seconds: f64,
+    /// 0: no byte limit.
+    pub max_bytes: u64,
+}
+
+impl LagLimits {
+    /// Over the limit enters lagging; only under half of it leaves it (hysteresis).
+    fn lagging(&self, was: bool, seconds: Option<f64>, bytes: Option<u64>) -> bool {
+        let (Some(sec), Some(b)) = (seconds, bytes) else { return true };
+        let bytes_over = |limit: u64| self.max_bytes > 0 && b > limit;
+        if was {
+            !(sec <= self.max_seconds / 2.0 && !bytes_over(self.max_bytes / 2))
+        } else {
+            sec > self.max_seconds || bytes_over(self.max_bytes)
+        }
+    }
+}
+
 /// Pure: the next snapshot from the previous one and this round's samples.
 pub fn next_snapshot(
     prev: &Snapshot,
     nodes: &[NodeAddr],
     samples: &[Result<Sample, String>],
     banned: &[bool],
+    round_started: Instant,
+    limits: LagLimits,
 ) -> Snapshot {
     let mut list = Vec::with_capacity(nodes.len());
     let now = Instant::now();
@@ -135,13 +158,17 @@ pub fn next_snapshot(
                 Some(0) => Some(0.0),
                 _ => s.replay_age.map(|a| a.max(0.0)),
             };
+            let was = prev.nodes.get(i).is_none_or(|n| n.lagging);
+            st.lagging = limits.lagging(was, st.lag_seconds, st.lag_bytes);
+        } else if samples[i].is_err() {
+            st.lagging = prev.nodes.get(i).is_none_or(|n| n.lagging);
         }
     }
-    Snapshot { nodes: list, primary, no_primary, taken: now }
+    Snapshot { nodes: list, primary, no_primary, primary_lsn, round_started: Some(round_started), taken: now }
 }
 
 /// Samples every node forever (until `shutdown`) and publishes snapshots.
-pub async fn run(topology: Arc<Topology>, settings: MonitorSettings, shutdown: CancellationToken) {
+pub async fn run(topology: Arc<Topology>, settings: MonitorSettings, limits: LagLimits, shutdown: CancellationToken) {
     let nodes = topology.nodes.clone();
     let mut tracks: Vec<NodeTrack> = nodes.iter().map(|_| NodeTrack::default()).collect();
     let mut tick = tokio::time::interval(settings.interval);
@@ -152,6 +179,7 @@ pub async fn run(topology: Arc<Topology>, settings: MonitorSettings, shutdown: C
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let round_started = Instant::now();
         let futs = nodes.iter().zip(tracks.iter_mut()).map(|(n, t)| sample_node(n, t, &settings));
         let samples = futures_util::future::join_all(futs).await;
         let mut banned = Vec::with_capacity(nodes.len());
@@ -181,7 +209,7 @@ pub async fn run(topology: Arc<Topology>, settings: MonitorSettings, shutdown: C
             banned.push(t.banned);
         }
         let prev = topology.snapshot();
-        let next = next_snapshot(&prev, &nodes, &samples, &banned);
+        let next = next_snapshot(&prev, &nodes, &samples, &banned, round_started, limits);
         if next.primary != prev.primary {
             match next.primary {
                 Some(p) => tracing::warn!(primary = %nodes[p], "primary is now {}", nodes[p]),
@@ -246,6 +274,12 @@ mod tests {
         Ok(Sample { in_recovery: false, lsn: Some(lsn), receive_lsn: None, replay_age: None })
     }
 
+    const LIMITS: LagLimits = LagLimits { max_seconds: 1.0, max_bytes: 0 };
+
+    fn next(prev: &Snapshot, n: &[NodeAddr], samples: &[Result<Sample, String>], banned: &[bool]) -> Snapshot {
+        next_snapshot(prev, n, samples, banned, Instant::now(), LIMITS)
+    }
+
     fn replica(lsn: u64, age: f64) -> Result<Sample, String> {
         Ok(Sample { in_recovery: true, lsn: Some(lsn), receive_lsn: Some(lsn), replay_age: Some(age) })
     }
@@ -254,30 +288,50 @@ mod tests {
     fn roles_and_lag() {
         let n = nodes(3);
         let prev = Snapshot::initial(&n);
-        let s = next_snapshot(&prev, &n, &[primary(1000), replica(1000, 500.0), replica(400, 2.5)], &[false; 3]);
+        let s = next(&prev, &n, &[primary(1000), replica(1000, 500.0), replica(400, 2.5)], &[false; 3]);
         assert_eq!(s.primary, Some(0));
         assert_eq!(s.nodes[1].role, Role::Replica);
         assert_eq!(s.nodes[1].lag_bytes, Some(0));
         assert_eq!(s.nodes[1].lag_seconds, Some(0.0), "an idle primary does not make a replica laggy");
         assert_eq!(s.nodes[2].lag_bytes, Some(600));
         assert_eq!(s.nodes[2].lag_seconds, Some(2.5));
-        assert!(s.readable(1) && s.readable(2));
+        assert!(s.readable(1));
+        assert!(!s.readable(2), "2.5 s behind with max_lag 1 s");
+        assert_eq!(s.primary_lsn, Some(1000));
+    }
+
+    #[test]
+    fn lag_hysteresis() {
+        let n = nodes(2);
+        let mut s = Snapshot::initial(&n);
+        let mut states = Vec::new();
+        for age in [0.2, 1.5, 0.8, 0.6, 0.4, 0.9, 1.2] {
+            s = next(&s, &n, &[primary(1000), replica(900, age)], &[false; 2]);
+            states.push(s.nodes[1].lagging);
+        }
+        // in at once, out only below half the limit, back in only above the limit
+        assert_eq!(states, [false, true, true, true, false, false, true]);
+        let bytes = LagLimits { max_seconds: 100.0, max_bytes: 50 };
+        assert!(bytes.lagging(false, Some(0.1), Some(60)));
+        assert!(bytes.lagging(true, Some(0.1), Some(30)));
+        assert!(!bytes.lagging(true, Some(0.1), Some(20)));
+        assert!(bytes.lagging(false, None, Some(0)), "unknown lag counts as lagging");
     }
 
     #[test]
     fn failover_finds_the_new_primary() {
         let n = nodes(3);
         let prev =
-            next_snapshot(&Snapshot::initial(&n), &n, &[primary(1), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);
+            next(&Snapshot::initial(&n), &n, &[primary(1), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);
         // old primary down, replica 2 promoted
-        let s = next_snapshot(&prev, &n, &[Err("refused".into()), replica(1, 0.0), primary(5)], &[true, false, false]);
+        let s = next(&prev, &n, &[Err("refused".into()), replica(1, 0.0), primary(5)], &[true, false, false]);
         assert_eq!(s.primary, Some(2));
         // primary unreachable and nobody promoted: keep it (writes fail with its connection error)
         let s =
-            next_snapshot(&prev, &n, &[Err("refused".into()), replica(1, 0.0), replica(1, 0.0)], &[true, false, false]);
+            next(&prev, &n, &[Err("refused".into()), replica(1, 0.0), replica(1, 0.0)], &[true, false, false]);
         assert_eq!(s.primary, Some(0));
         // every reachable node in recovery: no primary, and it says why
-        let s = next_snapshot(&prev, &n, &[replica(1, 0.0), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);
+        let s = next(&prev, &n, &[replica(1, 0.0), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);
         assert_eq!(s.primary, None);
         assert!(s.no_primary.is_some());
     }
@@ -285,8 +339,8 @@ mod tests {
     #[test]
     fn failed_sample_is_unhealthy() {
         let n = nodes(2);
-        let prev = next_snapshot(&Snapshot::initial(&n), &n, &[primary(1), replica(1, 0.0)], &[false; 2]);
-        let s = next_snapshot(&prev, &n, &[primary(1), Err("timeout".into())], &[false, false]);
+        let prev = next(&Snapshot::initial(&n), &n, &[primary(1), replica(1, 0.0)], &[false; 2]);
+        let s = next(&prev, &n, &[primary(1), Err("timeout".into())], &[false, false]);
         assert!(!s.nodes[1].healthy);
         assert!(!s.readable(1));
         assert_eq!(s.nodes[1].role, Role::Replica, "role kept from before");

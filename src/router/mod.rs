@@ -9,6 +9,7 @@
 pub mod cache;
 mod classify;
 pub mod fast;
+pub mod freshness;
 mod functions;
 pub mod policy;
 #[cfg(test)]

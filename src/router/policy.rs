@@ -49,6 +49,12 @@ pub enum Reason {
     Preference,
     /// A read, sent to the primary because no replica may serve it.
     NoReplica,
+    /// The session's last write is not known to be on any replica yet.
+    ReadYourWrites,
+    /// `time` consistency: the window after a write.
+    TimeWindow,
+    /// Healthy replicas exist but none has replayed the position this read needs.
+    ReplicasBehind,
     /// A read on a replica.
     Read,
     /// A `BEGIN READ ONLY` transaction on a replica.
@@ -72,6 +78,9 @@ impl Reason {
             Reason::SessionSettings => "session_settings",
             Reason::Preference => "preference",
             Reason::NoReplica => "no_replica",
+            Reason::ReadYourWrites => "read_your_writes",
+            Reason::TimeWindow => "time_window",
+            Reason::ReplicasBehind => "replicas_behind",
             Reason::Read => "read",
             Reason::ReadOnlyTransaction => "read_only_transaction",
         }
@@ -100,6 +109,8 @@ pub struct SessionView {
     pub reads: Reads,
     /// Session settings that must not reach a replica.
     pub forces_primary: bool,
+    /// Freshness keeps this session's reads on the primary, for this reason.
+    pub freshness: Option<Reason>,
 }
 
 /// A node that may serve this read now.
@@ -168,6 +179,9 @@ pub fn route(
     let hinted = class.hint == Some(Hint::Replica);
     if s.reads == Reads::Primary && !hinted {
         return Route::primary(Reason::Preference);
+    }
+    if let Some(r) = s.freshness {
+        return Route::primary(r);
     }
     match choose(candidates, cfg.load_balance, rr) {
         Some(node) => Route {

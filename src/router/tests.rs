@@ -283,6 +283,7 @@ mod policy_table {
         attached: None,
         reads: Reads::Replicas,
         forces_primary: false,
+        freshness: None,
     };
     const TWO: [Candidate; 2] = [Candidate { node: 1, load: 0, weight: 1 }, Candidate { node: 2, load: 0, weight: 1 }];
 
@@ -296,6 +297,7 @@ mod policy_table {
         let pinned = SessionView { pinned: true, ..IDLE };
         let prefers_primary = SessionView { reads: Reads::Primary, ..IDLE };
         let serializable = SessionView { forces_primary: true, ..IDLE };
+        let just_wrote = SessionView { freshness: Some(Reason::ReadYourWrites), ..IDLE };
         for (sql, s, cands, target, reason) in [
             ("SELECT * FROM t", IDLE, &TWO[..], Target::Replica(1), Reason::Read),
             ("SELECT lower(a), count(*) FROM t GROUP BY 1", IDLE, &TWO[..], Target::Replica(1), Reason::Read),
@@ -327,6 +329,10 @@ mod policy_table {
             ("SELECT 1", in_tx, &TWO[..], Target::Replica(2), Reason::InTransaction),
             ("SELECT 1", pinned, &TWO[..], Target::Primary, Reason::Pinned),
             ("SELECT 1", serializable, &TWO[..], Target::Primary, Reason::SessionSettings),
+            ("SELECT 1", just_wrote, &TWO[..], Target::Primary, Reason::ReadYourWrites),
+            ("INSERT INTO t VALUES (1)", just_wrote, &TWO[..], Target::Primary, Reason::Needs(Need::Write)),
+            ("SELECT 1", just_wrote, &TWO[..], Target::Primary, Reason::ReadYourWrites),
+            ("INSERT INTO t VALUES (1)", just_wrote, &TWO[..], Target::Primary, Reason::Needs(Need::Write)),
             ("BEGIN READ ONLY", IDLE, &TWO[..], Target::Replica(1), Reason::ReadOnlyTransaction),
             ("BEGIN", IDLE, &TWO[..], Target::Primary, Reason::Needs(Need::TxControl)),
             (
@@ -345,8 +351,7 @@ mod policy_table {
         let r = route(&classify_full("SELECT lower('A')"), &IDLE, &TWO, None, &cfg(), 0);
         assert_eq!(r.reason, Reason::CatalogNotLoaded);
         // primary_functions forces a function to the primary
-        let mut c = RoutingConfig::default();
-        c.primary_functions = vec!["my_stable_fn".into()];
+        let c = RoutingConfig { primary_functions: vec!["my_stable_fn".into()], ..Default::default() };
         let r = route(
             &classify_full("SELECT my_stable_fn()"),
             &IDLE,
@@ -357,8 +362,7 @@ mod policy_table {
         );
         assert_eq!(r.reason, Reason::PrimaryFunction);
         // catalog reads may be allowed on replicas
-        let mut c = RoutingConfig::default();
-        c.catalog_reads = "replicas".into();
+        let c = RoutingConfig { catalog_reads: "replicas".into(), ..Default::default() };
         let r = route(
             &classify_full("SELECT relname FROM pg_class"),
             &IDLE,
@@ -393,16 +397,18 @@ mod policy_table {
 
     #[test]
     fn read_rules_by_user_database_application() {
-        let mut c = RoutingConfig::default();
-        c.rules = vec![
-            crate::config::RuleConfig {
-                application_name: "reports".into(),
-                reads: "replicas".into(),
-                ..Default::default()
-            },
-            crate::config::RuleConfig { user: "billing".into(), reads: "primary".into(), ..Default::default() },
-            crate::config::RuleConfig { database: "ledger".into(), reads: "primary".into(), ..Default::default() },
-        ];
+        let c = RoutingConfig {
+            rules: vec![
+                crate::config::RuleConfig {
+                    application_name: "reports".into(),
+                    reads: "replicas".into(),
+                    ..Default::default()
+                },
+                crate::config::RuleConfig { user: "billing".into(), reads: "primary".into(), ..Default::default() },
+                crate::config::RuleConfig { database: "ledger".into(), reads: "primary".into(), ..Default::default() },
+            ],
+            ..Default::default()
+        };
         let r = RoutingSettings::validate(&c).unwrap();
         assert_eq!(r.reads_for("billing", "app", "reports"), Reads::Replicas);
         assert_eq!(r.reads_for("billing", "app", "psql"), Reads::Primary);

@@ -86,9 +86,14 @@ impl Server {
         let slots = Arc::new(Semaphore::new(ctx.settings.server.max_clients));
         let mut background = Vec::new();
         background.push(tokio::spawn(ctx.pools.clone().reap(ctx.shutdown.clone())));
+        let limits = crate::replication::monitor::LagLimits {
+            max_seconds: ctx.settings.consistency.max_lag.as_secs_f64(),
+            max_bytes: ctx.settings.consistency.max_lag_bytes,
+        };
         background.push(tokio::spawn(crate::replication::monitor::run(
             ctx.topology.clone(),
             ctx.settings.monitor.clone(),
+            limits,
             ctx.shutdown.clone(),
         )));
         if let Some(admin) = admin {

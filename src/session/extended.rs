@@ -15,6 +15,7 @@ use super::backend::Readiness;
 use super::expect::Expect;
 use super::relay::{Batch, Session};
 use crate::error::Error;
+use crate::router::freshness::{fresh, Requirement};
 use crate::router::policy::Candidate;
 use crate::router::{policy, Class, ClassRef, Need, Reason, Route, Target};
 use crate::statements::Statement;
@@ -80,34 +81,53 @@ impl Session {
 
     /// Routes a batch: one decision, from the class, the session and the replicas that may serve
     /// it now.
-    fn decide(&self, class: &Class) -> Route {
-        let topo = &self.ctx.topology;
+    fn decide(&mut self, class: &Class) -> Route {
+        let topo = self.ctx.topology.clone();
         let cfg = &self.ctx.settings.routing;
         let pinned = !self.pins.is_empty();
+        let mut candidates = Vec::new();
+        let mut freshness = None;
+        let mut behind = false;
+        if self.tx == TxStatus::Idle && !pinned && class.is_read() {
+            let snap = topo.snapshot();
+            let now = Instant::now();
+            match self.writes.requirement(self.consistency, &snap, topo.last_write(), now) {
+                Requirement::Primary(reason) => freshness = Some(reason),
+                Requirement::MinLsn(lsn) => {
+                    let stale_after = self.ctx.settings.consistency.stale_after;
+                    for i in 0..topo.nodes.len() {
+                        let as_primary = cfg.primary_reads && snap.primary == Some(i);
+                        if topo.is_suspect(i) || !(as_primary || snap.readable(i)) {
+                            continue;
+                        }
+                        if as_primary || fresh(&snap, i, lsn, now, stale_after) {
+                            candidates.push(Candidate { node: i, load: topo.load(i), weight: self.ctx.node_weights[i] });
+                        } else {
+                            behind = true;
+                        }
+                    }
+                }
+            }
+        }
         let view = policy::SessionView {
             tx: self.tx,
             pinned,
             attached: self.backend.as_ref().map(|b| b.target),
             reads: self.login.reads,
             forces_primary: self.forces_primary,
+            freshness,
         };
-        let mut candidates = Vec::new();
-        if self.tx == TxStatus::Idle && !pinned && class.is_read() {
-            let snap = topo.snapshot();
-            for i in 0..topo.nodes.len() {
-                let as_primary = cfg.primary_reads && snap.primary == Some(i);
-                if (as_primary || snap.readable(i)) && !topo.is_suspect(i) {
-                    candidates.push(Candidate { node: i, load: topo.load(i), weight: self.ctx.node_weights[i] });
-                }
-            }
-        }
         let catalog = if class.functions.is_empty() && class.relations.is_empty() {
             None
         } else {
             topo.catalogs.get(&self.login.database)
         };
         let rr = if candidates.len() > 1 { topo.next_round_robin() } else { 0 };
-        policy::route(class, &view, &candidates, catalog.as_deref(), cfg, rr)
+        let mut route = policy::route(class, &view, &candidates, catalog.as_deref(), cfg, rr);
+        if route.reason == Reason::NoReplica && behind {
+            route.reason = Reason::ReplicasBehind;
+        }
+        route
     }
 
     /// Gets the session a connection for `route`. `Ok(None)`: the current backend is busy on
@@ -152,6 +172,16 @@ impl Session {
     async fn simple_query(&mut self, h: FrameHeader) -> Result<bool, Error> {
         let body = &self.cin[5..h.total];
         let sql = body.strip_suffix(&[0]).ok_or(protocol(ProtocolError::MissingNul))?;
+        if let Some(cmd) = std::str::from_utf8(sql).ok().and_then(super::commands::parse) {
+            // answered here, so only in order: after whatever is in flight
+            if !self.batches.is_empty() || self.batch_open {
+                self.blocked = true;
+                return Ok(false);
+            }
+            self.cin.advance(h.total);
+            self.run_command(cmd).await;
+            return Ok(true);
+        }
         let class = match std::str::from_utf8(sql) {
             Ok(s) => self.classify(s),
             Err(_) => Arc::new(Class::new(Need::ParseError)),
@@ -172,6 +202,7 @@ impl Session {
         self.expect.untracked_sync();
         self.batches.push_back(Batch {
             extended: false,
+            wrote: !class.is_read(),
             ddl: class.ddl,
             effects: class.effects.clone(),
             error: false,
@@ -198,6 +229,7 @@ impl Session {
         self.expect.untracked_sync();
         self.batches.push_back(Batch {
             extended: false,
+            wrote: true,
             ddl: false,
             effects: Vec::new(),
             error: false,
@@ -265,6 +297,7 @@ impl Session {
             self.tracking = self.needs_tracking(end)?;
             self.batch_open = true;
             self.batch_ddl = class.ddl;
+            self.batch_wrote = !class.is_read();
             self.batch_started = Some((Instant::now(), route.target.label()));
         }
         self.forward_extended(h)?;
@@ -633,6 +666,7 @@ impl Session {
                 let (started, target) = self.batch_started.take().unwrap_or((Instant::now(), "primary"));
                 self.batches.push_back(Batch {
                     extended: true,
+                    wrote: std::mem::take(&mut self.batch_wrote),
                     ddl: std::mem::take(&mut self.batch_ddl),
                     effects: std::mem::take(&mut self.open_effects),
                     error: false,

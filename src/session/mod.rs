@@ -6,6 +6,7 @@
 
 mod auth;
 mod backend;
+mod commands;
 mod expect;
 mod extended;
 mod io;
@@ -112,6 +113,7 @@ where
         credential: authed.credential,
         pool_size: size,
         reads: settings.routing.reads_for(user, database, app),
+        consistency: settings.consistency.mode_for(user, database),
     };
     ctx.topology.catalogs.want(database);
     let cancel = ctx.cancels.register();

@@ -17,7 +17,8 @@ use super::io::ClientIo;
 use super::state::SessionParams;
 use crate::cancel::Registration;
 use crate::config::PoolMode;
-use crate::config::Reads;
+use crate::config::{Mode, Reads};
+use crate::router::freshness::WriteState;
 use crate::context::Context;
 use crate::error::Error;
 use crate::pool::{Credential, Pool, PooledConn, MAX_BACKEND_MESSAGE};
@@ -42,6 +43,7 @@ pub(super) struct Login {
     pub credential: Credential,
     pub pool_size: usize,
     pub reads: Reads,
+    pub consistency: Mode,
 }
 
 /// What happened to one batch (a simple Query, or extended messages up to Sync).
@@ -50,6 +52,8 @@ pub(super) struct Batch {
     pub extended: bool,
     /// Changes schema: the catalog facts are refreshed when it completes.
     pub ddl: bool,
+    /// May have written: when it commits, the session's reads must see it.
+    pub wrote: bool,
     pub effects: Vec<Effect>,
     pub error: bool,
     pub started: Instant,
@@ -114,6 +118,14 @@ pub struct Session {
     pub(super) batch_started: Option<(Instant, &'static str)>,
     /// The open extended batch changes schema.
     pub(super) batch_ddl: bool,
+    /// The open extended batch may write.
+    pub(super) batch_wrote: bool,
+    /// The open transaction has written.
+    pub(super) tx_wrote: bool,
+    /// This session's consistency mode (config, or `SET pgsplit.consistency`).
+    pub(super) consistency: Mode,
+    /// What the session knows about its writes, for read-your-writes.
+    pub(super) writes: WriteState,
 
     pub(super) draining: bool,
     pub(super) terminated: bool,
@@ -138,6 +150,7 @@ impl Session {
         let limits = ctx.settings.server.limits;
         Session {
             forces_primary: params.forces_primary(),
+            consistency: login.consistency,
             ctx,
             login,
             pools: Vec::new(),
@@ -170,6 +183,9 @@ impl Session {
             unnamed_node: None,
             batch_started: None,
             batch_ddl: false,
+            batch_wrote: false,
+            tx_wrote: false,
+            writes: WriteState::default(),
             draining: false,
             terminated: false,
         }
@@ -356,6 +372,16 @@ impl Session {
                         crate::metrics::query_duration(batch.target, batch.started.elapsed().as_secs_f64());
                         if batch.ddl {
                             self.ctx.topology.catalogs.refresh(&self.login.database);
+                        }
+                        if batch.wrote || self.tx_wrote {
+                            if status == TxStatus::Idle {
+                                let now = Instant::now();
+                                self.tx_wrote = false;
+                                self.writes.wrote(now, self.consistency, self.ctx.settings.consistency.time_window);
+                                self.ctx.topology.note_write(now);
+                            } else {
+                                self.tx_wrote = true;
+                            }
                         }
                         finish_batch(
                             batch,

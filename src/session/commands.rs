@@ -1,0 +1,166 @@
+//! pgsplit's own session variables, answered by the proxy (simple protocol):
+//!
+//! * `SHOW pgsplit.last_write_lsn` — a WAL position at or after the session's last write;
+//! * `SET pgsplit.min_lsn = 'X/Y'` / `RESET pgsplit.min_lsn` — reads need a replica that has
+//!   replayed at least this far (carries read-your-writes across connections and proxies);
+//! * `SET pgsplit.consistency = 'session' | 'global' | 'time' | 'eventual'` / `RESET`;
+//! * `SHOW pgsplit.min_lsn`, `SHOW pgsplit.consistency`.
+
+use std::time::{Duration, Instant};
+
+use pgsplit_protocol::backend::{encode_command_complete, encode_data_row, encode_ready, encode_row_description};
+use pgsplit_protocol::{ErrorResponse, SqlState};
+
+use super::relay::Session;
+use crate::config::Mode;
+use crate::replication::{format_lsn, parse_lsn};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Var {
+    LastWriteLsn,
+    MinLsn,
+    Consistency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Command {
+    Show(Var),
+    Set(Var, String),
+    Reset(Var),
+}
+
+fn var(name: &str) -> Result<Var, String> {
+    match name {
+        "last_write_lsn" => Ok(Var::LastWriteLsn),
+        "min_lsn" => Ok(Var::MinLsn),
+        "consistency" => Ok(Var::Consistency),
+        other => Err(format!("unrecognized configuration parameter \"pgsplit.{other}\"")),
+    }
+}
+
+/// Recognizes a pgsplit command; `None` for any other statement.
+pub(super) fn parse(sql: &str) -> Option<Result<Command, String>> {
+    let s = sql.trim().trim_end_matches(';').trim();
+    let lower = s.to_ascii_lowercase();
+    let (verb, rest) = lower.split_once(char::is_whitespace)?;
+    let rest = rest.trim_start();
+    let name_and_value = rest.strip_prefix("pgsplit.")?;
+    let name_end = name_and_value.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name_and_value.len());
+    let name = &name_and_value[..name_end];
+    let tail = name_and_value[name_end..].trim();
+    Some(match verb {
+        "show" if tail.is_empty() => var(name).map(Command::Show),
+        "reset" if tail.is_empty() => var(name).map(Command::Reset),
+        "set" => {
+            let value = tail.strip_prefix('=').or_else(|| tail.strip_prefix("to ")).map(str::trim);
+            match value {
+                None | Some("") => Err("syntax error: expected SET pgsplit.name = 'value'".into()),
+                Some(v) => {
+                    // keep the original case of the value
+                    let start = s.len() - v.len();
+                    let v = s[start..].trim().trim_matches('\'').to_owned();
+                    var(name).map(|n| Command::Set(n, v))
+                }
+            }
+        }
+        _ => Err("syntax error in a pgsplit command".into()),
+    })
+}
+
+impl Session {
+    /// Answers a pgsplit command. The caller makes sure nothing else is in flight.
+    pub(super) async fn run_command(&mut self, cmd: Result<Command, String>) {
+        if let Ok(Command::Show(Var::LastWriteLsn)) = &cmd {
+            self.wait_for_write_lsn().await;
+        }
+        match cmd.and_then(|c| self.apply_command(c)) {
+            Ok(None) => encode_command_complete(&mut self.cout, "SET"),
+            Ok(Some((name, value))) => {
+                encode_row_description(&mut self.cout, &[var_name(name)]);
+                encode_data_row(&mut self.cout, &[Some(&value)]);
+                encode_command_complete(&mut self.cout, "SHOW");
+            }
+            Err(msg) => {
+                let code =
+                    if msg.starts_with("syntax") { SqlState::SYNTAX_ERROR } else { SqlState::UNDEFINED_OBJECT };
+                self.report(&ErrorResponse::error(code, msg));
+            }
+        }
+        encode_ready(&mut self.cout, self.tx);
+    }
+
+    fn show(&self, v: Var) -> String {
+        match v {
+            Var::LastWriteLsn => format_lsn(self.writes.last_write_lsn),
+            Var::MinLsn => format_lsn(self.writes.min_lsn),
+            Var::Consistency => self.consistency.as_str().to_owned(),
+        }
+    }
+
+    /// `Ok(Some(..))`: a value to show; `Ok(None)`: a setting was changed.
+    fn apply_command(&mut self, c: Command) -> Result<Option<(Var, String)>, String> {
+        match c {
+            Command::Show(v) => Ok(Some((v, self.show(v)))),
+            Command::Reset(Var::MinLsn) => {
+                self.writes.min_lsn = 0;
+                Ok(None)
+            }
+            Command::Reset(Var::Consistency) => {
+                self.consistency = self.login.consistency;
+                Ok(None)
+            }
+            Command::Set(Var::MinLsn, v) => {
+                let lsn = parse_lsn(&v).ok_or_else(|| format!("invalid input syntax for type pg_lsn: \"{v}\""))?;
+                self.writes.min_lsn = lsn;
+                Ok(None)
+            }
+            Command::Set(Var::Consistency, v) => {
+                self.consistency = Mode::parse("pgsplit.consistency", &v).map_err(|e| e.to_string())?;
+                Ok(None)
+            }
+            Command::Set(Var::LastWriteLsn, _) | Command::Reset(Var::LastWriteLsn) => {
+                Err("parameter \"pgsplit.last_write_lsn\" cannot be changed".into())
+            }
+        }
+    }
+
+    /// If the session's last write is not placed yet, waits for the monitor round that places
+    /// it (one `monitor.interval`, bounded).
+    async fn wait_for_write_lsn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.writes.pending.is_some() && Instant::now() < deadline {
+            let snap = self.ctx.topology.snapshot();
+            self.writes.resolve(&snap);
+            if self.writes.pending.is_none() {
+                break;
+            }
+            tokio::time::sleep(self.ctx.settings.monitor.interval / 4 + Duration::from_millis(1)).await;
+        }
+    }
+}
+
+fn var_name(v: Var) -> &'static str {
+    match v {
+        Var::LastWriteLsn => "pgsplit.last_write_lsn",
+        Var::MinLsn => "pgsplit.min_lsn",
+        Var::Consistency => "pgsplit.consistency",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses() {
+        assert_eq!(parse("SHOW pgsplit.last_write_lsn;"), Some(Ok(Command::Show(Var::LastWriteLsn))));
+        assert_eq!(parse("set pgsplit.min_lsn = '0/16B3748'"), Some(Ok(Command::Set(Var::MinLsn, "0/16B3748".into()))));
+        assert_eq!(parse("SET pgsplit.consistency TO eventual"), Some(Ok(Command::Set(Var::Consistency, "eventual".into()))));
+        assert_eq!(parse("RESET pgsplit.min_lsn"), Some(Ok(Command::Reset(Var::MinLsn))));
+        assert!(matches!(parse("SHOW pgsplit.nope"), Some(Err(_))));
+        assert!(matches!(parse("SET pgsplit.min_lsn"), Some(Err(_))));
+        assert_eq!(parse("SHOW search_path"), None);
+        assert_eq!(parse("SELECT 'pgsplit.min_lsn'"), None);
+        assert_eq!(parse("SET work_mem = 1"), None);
+    }
+}
