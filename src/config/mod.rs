@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use routing::{
-    ConsistencyConfig, ConsistencyRuleConfig, ConsistencySettings, LoadBalance, Mode, MonitorConfig, Reads, RoutingConfig, RoutingSettings, Rule, RuleConfig, DEFAULT_HARMLESS,
+    ConsistencyConfig, ConsistencyRuleConfig, ConsistencySettings, LoadBalance, Mode, MonitorConfig, Reads,
+    RoutingConfig, RoutingSettings, Rule, RuleConfig, DEFAULT_HARMLESS,
 };
 pub use settings::{
     AuthMethod, AuthSettings, BackendCredential, ClientSecret, MonitorSettings, NodeAddr, PoolMode, PoolSettings,

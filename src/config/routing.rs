@@ -341,7 +341,9 @@ impl ConsistencySettings {
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| Ok((opt(&r.user), opt(&r.database), Mode::parse(&format!("consistency.rules[{i}].mode"), &r.mode)?)))
+            .map(|(i, r)| {
+                Ok((opt(&r.user), opt(&r.database), Mode::parse(&format!("consistency.rules[{i}].mode"), &r.mode)?))
+            })
             .collect::<Result<_, ConfigError>>()?;
         Ok(ConsistencySettings {
             mode: Mode::parse("consistency.mode", &c.mode)?,

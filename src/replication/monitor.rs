@@ -97,7 +97,7 @@ impl LagLimits {
         let (Some(sec), Some(b)) = (seconds, bytes) else { return true };
         let bytes_over = |limit: u64| self.max_bytes > 0 && b > limit;
         if was {
-            !(sec <= self.max_seconds / 2.0 && !bytes_over(self.max_bytes / 2))
+            sec > self.max_seconds / 2.0 || bytes_over(self.max_bytes / 2)
         } else {
             sec > self.max_seconds || bytes_over(self.max_bytes)
         }
@@ -321,14 +321,12 @@ mod tests {
     #[test]
     fn failover_finds_the_new_primary() {
         let n = nodes(3);
-        let prev =
-            next(&Snapshot::initial(&n), &n, &[primary(1), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);
+        let prev = next(&Snapshot::initial(&n), &n, &[primary(1), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);
         // old primary down, replica 2 promoted
         let s = next(&prev, &n, &[Err("refused".into()), replica(1, 0.0), primary(5)], &[true, false, false]);
         assert_eq!(s.primary, Some(2));
         // primary unreachable and nobody promoted: keep it (writes fail with its connection error)
-        let s =
-            next(&prev, &n, &[Err("refused".into()), replica(1, 0.0), replica(1, 0.0)], &[true, false, false]);
+        let s = next(&prev, &n, &[Err("refused".into()), replica(1, 0.0), replica(1, 0.0)], &[true, false, false]);
         assert_eq!(s.primary, Some(0));
         // every reachable node in recovery: no primary, and it says why
         let s = next(&prev, &n, &[replica(1, 0.0), replica(1, 0.0), replica(1, 0.0)], &[false; 3]);

@@ -25,7 +25,21 @@ pub fn classify_full(sql: &str) -> Class {
     };
     let mut class = Class::new(Need::Read);
     class.statements = parsed.protobuf.stmts.len();
+    // Session effects of statements between BEGIN and ROLLBACK in the same string never happen.
+    let mut block_start = None;
     for raw in &parsed.protobuf.stmts {
+        if let Some(NodeEnum::TransactionStmt(t)) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            match t.kind {
+                1 | 2 => block_start = Some(class.effects.len()),
+                3 => block_start = None,
+                4 => {
+                    if let Some(i) = block_start.take() {
+                        class.effects.truncate(i);
+                    }
+                }
+                _ => {}
+            }
+        }
         statement(sql, raw, &mut class);
     }
     class.hint = find_hint(sql);
@@ -102,7 +116,8 @@ fn statement(sql: &str, raw: &RawStmt, class: &mut Class) {
             class.require(Need::SessionState);
             class.effects.push(Effect::Pin(Pin::SqlPrepare));
         }
-        NodeEnum::ExecuteStmt(_) => class.require(Need::SessionState),
+        // The prepared statement may write: treat EXECUTE as unknown (primary, counts as a write).
+        NodeEnum::ExecuteStmt(_) => class.require(Need::Unknown),
         NodeEnum::DeallocateStmt(d) => {
             if d.isall || d.name.is_empty() {
                 class.effects.push(Effect::DeallocateAll);
@@ -147,8 +162,9 @@ fn statement(sql: &str, raw: &RawStmt, class: &mut Class) {
                     .iter()
                     .any(|p| name.starts_with(p));
             class.ddl |= ddl;
-            class.require(if ddl { Need::Ddl } else { Need::Unknown });
+            // Walk first: DDL of a temporary object is session state (not replicated, pins).
             walk_node(node, class);
+            class.require(if ddl { Need::Ddl } else { Need::Unknown });
         }
     }
 }
@@ -252,11 +268,17 @@ fn variable_set(s: &pg_query::protobuf::VariableSetStmt, text: &str, class: &mut
             if matches!(name.as_str(), "transaction_isolation" | "transaction_read_only" | "transaction_deferrable") {
                 return; // these apply to the current transaction only
             }
+            if setting_forces_primary(&name, text) {
+                class.require(Need::SessionState);
+            }
             class.effects.push(Effect::Set { name, sql: text.to_owned() });
         }
         // SET TRANSACTION ... (this transaction) or SET SESSION CHARACTERISTICS AS TRANSACTION ...
         4 => {
             if name == "session characteristics" {
+                if setting_forces_primary(&name, text) {
+                    class.require(Need::SessionState);
+                }
                 class.effects.push(Effect::Set { name, sql: text.to_owned() });
             }
         }
@@ -365,6 +387,21 @@ fn func_call(v: &Value, class: &mut Class) {
             functions::apply(k, &mut class.need, &mut class.effects);
         }
         None => class.functions.push(name),
+    }
+}
+
+/// Whether a session setting must never reach a replica: a serializable default (a standby
+/// refuses to start serializable transactions, so the connection could not even be reset) or
+/// read-write session characteristics.
+pub fn setting_forces_primary(name: &str, sql: &str) -> bool {
+    let sql = sql.to_ascii_lowercase();
+    match name {
+        "default_transaction_isolation" => sql.contains("serializable"),
+        "session characteristics" => sql.contains("serializable") || sql.contains("read write"),
+        "transaction_read_only" | "default_transaction_read_only" => {
+            sql.contains("off") || sql.contains("false") || sql.contains("'0'")
+        }
+        _ => false,
     }
 }
 

@@ -18,7 +18,7 @@ mod tests;
 use std::sync::Arc;
 
 pub use cache::Classifier;
-pub use classify::{classify_full, quote_literal};
+pub use classify::{classify_full, quote_literal, setting_forces_primary};
 pub use policy::{route, Reason, Route, Target};
 
 /// Transaction control in a batch.
@@ -177,6 +177,13 @@ impl Class {
         if self.need == Need::Read {
             self.need = need;
         }
+    }
+
+    /// Whether the batch may change data, so that the session's later reads must see it.
+    /// Transaction control, session state (LISTEN, locks, cursors, PREPARE) and locking reads
+    /// change none; anything unknown might.
+    pub fn may_write(&self) -> bool {
+        !matches!(self.need, Need::Read | Need::TxControl | Need::SessionState | Need::Locking | Need::Catalog)
     }
 
     /// Whether any statement changes what later statements see of session state.

@@ -97,6 +97,16 @@ impl Route {
     fn primary(reason: Reason) -> Self {
         Route { target: Target::Primary, reason }
     }
+
+    /// Whether running the batch may have changed data: the class says so, or a function the
+    /// policy could not clear sent it to the primary.
+    pub fn may_write(&self, class: &Class) -> bool {
+        class.may_write()
+            || matches!(
+                self.reason,
+                Reason::VolatileFunction | Reason::UnknownFunction | Reason::PrimaryFunction | Reason::CatalogNotLoaded
+            )
+    }
 }
 
 /// What the policy needs to know about the session.
@@ -170,18 +180,22 @@ pub fn route(
             Some(_) => {}
         }
     }
-    if class.catalog && !cfg.catalog_on_replicas {
-        return Route::primary(Reason::Catalog);
-    }
     if s.forces_primary {
         return Route::primary(Reason::SessionSettings);
     }
+    // A hint for a replica overrides preferences and freshness (the client accepts a replica's
+    // view), never what a replica cannot do.
     let hinted = class.hint == Some(Hint::Replica);
-    if s.reads == Reads::Primary && !hinted {
-        return Route::primary(Reason::Preference);
-    }
-    if let Some(r) = s.freshness {
-        return Route::primary(r);
+    if !hinted {
+        if class.catalog && !cfg.catalog_on_replicas {
+            return Route::primary(Reason::Catalog);
+        }
+        if s.reads == Reads::Primary {
+            return Route::primary(Reason::Preference);
+        }
+        if let Some(r) = s.freshness {
+            return Route::primary(r);
+        }
     }
     match choose(candidates, cfg.load_balance, rr) {
         Some(node) => Route {

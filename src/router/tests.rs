@@ -88,10 +88,10 @@ fn needs_primary() {
         ("LISTEN jobs", Need::SessionState),
         ("UNLISTEN *", Need::SessionState),
         ("NOTIFY jobs", Need::Write),
-        ("CREATE TEMP TABLE tt (a int)", Need::Ddl),
+        ("CREATE TEMP TABLE tt (a int)", Need::SessionState),
         ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Need::SessionState),
         ("PREPARE p AS SELECT 1", Need::SessionState),
-        ("EXECUTE p", Need::SessionState),
+        ("EXECUTE p", Need::Unknown),
         ("LOCK TABLE t", Need::Utility),
         ("CALL p()", Need::Utility),
         ("DO $$ BEGIN END $$", Need::Utility),
@@ -105,6 +105,8 @@ fn needs_primary() {
         ("SELEC 1", Need::ParseError),
         ("", Need::Read),
         ("SELECT * FROM pg_temp.tt", Need::SessionState),
+        ("SET default_transaction_isolation = serializable", Need::SessionState),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", Need::SessionState),
     ] {
         assert_eq!(need(sql), expected, "{sql}");
     }
@@ -119,6 +121,8 @@ fn effects() {
         c.effects,
         vec![Effect::Set { name: "application_name".into(), sql: "SET application_name = 'x'".into() }]
     );
+    assert!(classify_full("BEGIN; SET work_mem = '9MB'; ROLLBACK").effects.is_empty());
+    assert_eq!(classify_full("BEGIN; SET work_mem = '9MB'; COMMIT").effects.len(), 1);
     assert_eq!(classify_full("RESET work_mem").effects, vec![Effect::Reset { name: "work_mem".into() }]);
     assert_eq!(classify_full("RESET ALL").effects, vec![Effect::ResetAll]);
     assert_eq!(classify_full("DISCARD ALL").effects, vec![Effect::DiscardAll]);

@@ -156,15 +156,6 @@ impl Session {
         self.give_back(b);
     }
 
-    /// A connection that failed: never reused.
-    pub(super) async fn drop_backend(&mut self) {
-        if let Some(mut b) = self.backend.take() {
-            self.cancel.slot.detach().await;
-            b.conn.broken = true;
-            self.give_back(b);
-        }
-    }
-
     /// At the end of the session: return each connection if it can be made clean, else close it.
     /// A query still running is cancelled first, so the server stops working for nobody.
     pub(super) async fn finish(&mut self) {

@@ -45,7 +45,8 @@ pub(super) fn parse(sql: &str) -> Option<Result<Command, String>> {
     let (verb, rest) = lower.split_once(char::is_whitespace)?;
     let rest = rest.trim_start();
     let name_and_value = rest.strip_prefix("pgsplit.")?;
-    let name_end = name_and_value.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name_and_value.len());
+    let name_end =
+        name_and_value.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(name_and_value.len());
     let name = &name_and_value[..name_end];
     let tail = name_and_value[name_end..].trim();
     Some(match verb {
@@ -81,8 +82,7 @@ impl Session {
                 encode_command_complete(&mut self.cout, "SHOW");
             }
             Err(msg) => {
-                let code =
-                    if msg.starts_with("syntax") { SqlState::SYNTAX_ERROR } else { SqlState::UNDEFINED_OBJECT };
+                let code = if msg.starts_with("syntax") { SqlState::SYNTAX_ERROR } else { SqlState::UNDEFINED_OBJECT };
                 self.report(&ErrorResponse::error(code, msg));
             }
         }
@@ -155,7 +155,10 @@ mod tests {
     fn parses() {
         assert_eq!(parse("SHOW pgsplit.last_write_lsn;"), Some(Ok(Command::Show(Var::LastWriteLsn))));
         assert_eq!(parse("set pgsplit.min_lsn = '0/16B3748'"), Some(Ok(Command::Set(Var::MinLsn, "0/16B3748".into()))));
-        assert_eq!(parse("SET pgsplit.consistency TO eventual"), Some(Ok(Command::Set(Var::Consistency, "eventual".into()))));
+        assert_eq!(
+            parse("SET pgsplit.consistency TO eventual"),
+            Some(Ok(Command::Set(Var::Consistency, "eventual".into())))
+        );
         assert_eq!(parse("RESET pgsplit.min_lsn"), Some(Ok(Command::Reset(Var::MinLsn))));
         assert!(matches!(parse("SHOW pgsplit.nope"), Some(Err(_))));
         assert!(matches!(parse("SET pgsplit.min_lsn"), Some(Err(_))));

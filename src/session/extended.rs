@@ -101,7 +101,11 @@ impl Session {
                             continue;
                         }
                         if as_primary || fresh(&snap, i, lsn, now, stale_after) {
-                            candidates.push(Candidate { node: i, load: topo.load(i), weight: self.ctx.node_weights[i] });
+                            candidates.push(Candidate {
+                                node: i,
+                                load: topo.load(i),
+                                weight: self.ctx.node_weights[i],
+                            });
                         } else {
                             behind = true;
                         }
@@ -202,7 +206,7 @@ impl Session {
         self.expect.untracked_sync();
         self.batches.push_back(Batch {
             extended: false,
-            wrote: !class.is_read(),
+            wrote: route.may_write(&class),
             ddl: class.ddl,
             effects: class.effects.clone(),
             error: false,
@@ -297,7 +301,7 @@ impl Session {
             self.tracking = self.needs_tracking(end)?;
             self.batch_open = true;
             self.batch_ddl = class.ddl;
-            self.batch_wrote = !class.is_read();
+            self.batch_wrote = route.may_write(&class);
             self.batch_started = Some((Instant::now(), route.target.label()));
         }
         self.forward_extended(h)?;

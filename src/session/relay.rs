@@ -18,10 +18,10 @@ use super::state::SessionParams;
 use crate::cancel::Registration;
 use crate::config::PoolMode;
 use crate::config::{Mode, Reads};
-use crate::router::freshness::WriteState;
 use crate::context::Context;
 use crate::error::Error;
 use crate::pool::{Credential, Pool, PooledConn, MAX_BACKEND_MESSAGE};
+use crate::router::freshness::WriteState;
 use crate::router::{Effect, Pin, Target};
 use crate::statements::Statement;
 
@@ -525,8 +525,8 @@ pub(super) fn apply_effects(effects: &[Effect], f: &mut FinishCtx<'_>) {
             Effect::ResetAll | Effect::Reset { .. } => {
                 f.params.apply(e);
                 // RESET returns the connection to its own defaults, not the client's startup
-                // values: mark it so the next use re-applies the session's settings.
-                f.conn.state_fp = 0;
+                // values, and RESET ALL leaves the role: the next use resets and re-applies.
+                f.conn.state_fp = super::state::UNKNOWN_STATE;
                 continue;
             }
             Effect::Set { .. } => {}

@@ -9,6 +9,10 @@ use crate::router::Effect;
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
+/// A connection whose settings are unknown (after a partial RESET): it is fully reset before
+/// any session uses it. Real fingerprints are odd, so this never matches one.
+pub const UNKNOWN_STATE: u64 = 2;
+
 /// Resets a connection to its own defaults before settings are applied.
 const RESET_SQL: &str = "RESET ROLE; RESET SESSION AUTHORIZATION; RESET ALL";
 
@@ -148,17 +152,7 @@ impl SessionParams {
     /// Whether a setting in force must not reach a replica: a serializable default (a standby
     /// refuses serializable transactions) or read-write session characteristics.
     pub fn forces_primary(&self) -> bool {
-        self.current.iter().any(|(name, sql)| {
-            let sql = sql.to_ascii_lowercase();
-            match name.as_str() {
-                "default_transaction_isolation" => sql.contains("serializable"),
-                "session characteristics" => sql.contains("serializable") || sql.contains("read write"),
-                "transaction_read_only" | "default_transaction_read_only" => {
-                    sql.contains("off") || sql.contains("false") || sql.contains("'0'")
-                }
-                _ => false,
-            }
-        })
+        self.current.iter().any(|(name, sql)| crate::router::setting_forces_primary(name, sql))
     }
 
     /// Names and replay SQL of the settings in force.

@@ -225,3 +225,64 @@ pub async fn read_backend(
         }
     }
 }
+
+impl Proxy {
+    /// Waits until the monitor has seen both replicas healthy and the `app` database's catalog
+    /// facts are loaded, so reads can be routed to replicas.
+    pub async fn wait_routable(&self) {
+        let c = pg(&self.app_url()).await;
+        c.batch_execute("SELECT 1").await.unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            let s = self.ctx.topology.snapshot();
+            let ready = (1..s.nodes.len()).all(|i| s.readable(i)) && self.ctx.topology.catalogs.get("app").is_some();
+            if ready {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "replicas never became routable: {:?}", s.nodes);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Where a statement ran: the first column of its (last) result, an `inet_server_port()`,
+/// through the simple protocol.
+pub async fn port_simple(c: &tokio_postgres::Client, sql: &str) -> u16 {
+    let msgs = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    let v = msgs
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .last()
+        .unwrap_or_else(|| panic!("{sql}: no row"));
+    v.parse().unwrap_or_else(|_| panic!("{sql}: {v} is not a port"))
+}
+
+/// The same through the extended protocol (the port is the first column, an int4).
+pub async fn port_extended(c: &tokio_postgres::Client, sql: &str) -> u16 {
+    let row = c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    row.get::<_, i32>(0) as u16
+}
+
+/// Blocks until every replica has replayed what the primary has now.
+pub async fn replicas_caught_up() {
+    let primary = primary_admin().await;
+    let lsn: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    for port in [PRIMARY_PORT + 1, PRIMARY_PORT + 2] {
+        let r = pg(&format!("postgres://postgres:postgres@127.0.0.1:{port}/app")).await;
+        let start = std::time::Instant::now();
+        loop {
+            let ok: bool =
+                r.query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn]).await.unwrap().get(0);
+            if ok {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "replica {port} did not catch up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub const REPLICA_PORTS: [u16; 2] = [PRIMARY_PORT + 1, PRIMARY_PORT + 2];
