@@ -1,261 +1,30 @@
-//! Client frames: each batch (a simple Query; extended messages up to Sync or Flush; a
-//! FunctionCall) is classified and routed once, then forwarded. Named prepared statements are
-//! mapped to pgsplit's backend names and prepared on demand on whichever connection runs them.
+//! The extended protocol: a batch is routed when its Sync (or Flush) is in, and forwarded with
+//! named prepared statements mapped to pgsplit's backend names and prepared on demand on
+//! whichever connection runs them.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use pgsplit_protocol::backend::encode_ready;
 use pgsplit_protocol::framing::{peek_header, FrameHeader};
 use pgsplit_protocol::frontend::{bind_statement, encode_parse, encode_target, rewrite_bind, Target as DescribeTarget};
-use pgsplit_protocol::{ErrorResponse, FrontendMessage, ProtocolError, Severity, SqlState, TxStatus};
+use pgsplit_protocol::{ErrorResponse, FrontendMessage, SqlState, TxStatus};
 
-use super::backend::Readiness;
+use super::dispatch::protocol;
 use super::expect::Expect;
 use super::relay::{Batch, Session};
 use crate::error::Error;
-use crate::router::freshness::{fresh, Requirement};
-use crate::router::policy::Candidate;
-use crate::router::{policy, Class, ClassRef, Need, Reason, Route, Target};
+use crate::router::{Class, Need, Target};
 use crate::statements::Statement;
 
 /// Extended-protocol batches are routed when their Sync or Flush has arrived, or when this much
 /// of the batch is buffered.
 const MAX_BATCH_LOOKAHEAD: usize = 1 << 20;
 
-fn protocol(e: ProtocolError) -> Error {
-    Error::ClientProtocol(e)
-}
-
 impl Session {
-    /// Handles every complete client frame that can be handled now.
-    pub(super) async fn process_client(&mut self) -> Result<(), Error> {
-        loop {
-            let limits = self.limits;
-            let Some(h) = peek_header(&self.cin, |t| limits.frontend_cap(t)).map_err(protocol)? else {
-                return Ok(());
-            };
-            if self.cin.len() < h.total {
-                self.cin.reserve(h.total - self.cin.len());
-                return Ok(());
-            }
-            if self.draining && self.backend.is_none() && !self.batch_open {
-                return Err(Error::Shutdown);
-            }
-            match h.tag {
-                b'Q' => {
-                    if !self.simple_query(h).await? {
-                        return Ok(());
-                    }
-                }
-                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' => {
-                    if !self.extended(h).await? {
-                        return Ok(());
-                    }
-                }
-                b'd' | b'c' | b'f' => {
-                    // Outside COPY the server ignores these; so does pgsplit.
-                    let frame = self.cin.split_to(h.total);
-                    if self.backend.is_some() {
-                        self.bout.extend_from_slice(&frame);
-                    }
-                    if h.tag != b'd' && self.copy_sync_ignored {
-                        self.copy_ended = true;
-                    }
-                }
-                b'F' => {
-                    if !self.function_call(h).await? {
-                        return Ok(());
-                    }
-                }
-                b'X' => {
-                    self.cin.advance(h.total);
-                    self.terminated = true;
-                    return Ok(());
-                }
-                other => return Err(protocol(ProtocolError::UnknownMessage(other as char))),
-            }
-        }
-    }
-
-    /// Routes a batch: one decision, from the class, the session and the replicas that may serve
-    /// it now.
-    fn decide(&mut self, class: &Class) -> Route {
-        let topo = self.ctx.topology.clone();
-        let cfg = &self.ctx.settings.routing;
-        let pinned = !self.pins.is_empty();
-        let mut candidates = Vec::new();
-        let mut freshness = None;
-        let mut behind = false;
-        if self.tx == TxStatus::Idle && !pinned && class.is_read() {
-            let snap = topo.snapshot();
-            let now = Instant::now();
-            match self.writes.requirement(self.consistency, &snap, topo.last_write(), now) {
-                Requirement::Primary(reason) => freshness = Some(reason),
-                Requirement::MinLsn(lsn) => {
-                    let stale_after = self.ctx.settings.consistency.stale_after;
-                    for i in 0..topo.nodes.len() {
-                        let as_primary = cfg.primary_reads && snap.primary == Some(i);
-                        if topo.is_suspect(i) || !(as_primary || snap.readable(i)) {
-                            continue;
-                        }
-                        if as_primary || fresh(&snap, i, lsn, now, stale_after) {
-                            candidates.push(Candidate {
-                                node: i,
-                                load: topo.load(i),
-                                weight: self.ctx.node_weights[i],
-                            });
-                        } else {
-                            behind = true;
-                        }
-                    }
-                }
-            }
-        }
-        let view = policy::SessionView {
-            tx: self.tx,
-            pinned,
-            attached: self.backend.as_ref().map(|b| b.target),
-            reads: self.login.reads,
-            forces_primary: self.forces_primary,
-            freshness,
-        };
-        let catalog = if class.functions.is_empty() && class.relations.is_empty() {
-            None
-        } else {
-            topo.catalogs.get(&self.login.database)
-        };
-        let rr = if candidates.len() > 1 { topo.next_round_robin() } else { 0 };
-        let mut route = policy::route(class, &view, &candidates, catalog.as_deref(), cfg, rr);
-        if route.reason == Reason::NoReplica && behind {
-            route.reason = Reason::ReplicasBehind;
-        }
-        route
-    }
-
-    /// Gets the session a connection for `route`. `Ok(None)`: the current backend is busy on
-    /// another node; try again when it is done. A replica that cannot be reached is reported
-    /// and the read goes to the primary instead.
-    async fn attach_for(&mut self, route: Route) -> Result<Option<Route>, Error> {
-        let result = match self.attach(route.target).await {
-            Err(Error::Pool(e)) if matches!(route.target, Target::Replica(_)) && e.is_connection_failure() => {
-                tracing::warn!(error = %e, "replica unreachable; sending the read to the primary");
-                let fallback = Route { target: Target::Primary, reason: Reason::NoReplica };
-                self.attach(Target::Primary).await.map(|r| (r, fallback))
-            }
-            r => r.map(|r| (r, route)),
-        };
-        match result? {
-            (Readiness::Wait, _) => {
-                self.blocked = true;
-                Ok(None)
-            }
-            (Readiness::Ready, route) => {
-                crate::metrics::routed(route.target.label(), route.reason.as_str());
-                tracing::debug!(target = route.target.label(), node = ?self.backend.as_ref().map(|b| b.node), reason = route.reason.as_str(), "routed");
-                Ok(Some(route))
-            }
-        }
-    }
-
-    /// A request could not start (no backend connection): tell the client, unless that ends the
-    /// session.
-    fn request_failed(&mut self, e: Error) -> Result<(), Error> {
-        match e.response() {
-            Some(r) if r.severity == Severity::Error => {
-                tracing::warn!(error = %e, "request failed");
-                self.report(&r);
-                Ok(())
-            }
-            _ => Err(e),
-        }
-    }
-
-    /// Returns `false` when the query has to wait for the current backend.
-    async fn simple_query(&mut self, h: FrameHeader) -> Result<bool, Error> {
-        let body = &self.cin[5..h.total];
-        let sql = body.strip_suffix(&[0]).ok_or(protocol(ProtocolError::MissingNul))?;
-        if let Some(cmd) = std::str::from_utf8(sql).ok().and_then(super::commands::parse) {
-            // answered here, so only in order: after whatever is in flight
-            if !self.batches.is_empty() || self.batch_open {
-                self.blocked = true;
-                return Ok(false);
-            }
-            self.cin.advance(h.total);
-            self.run_command(cmd).await;
-            return Ok(true);
-        }
-        let class = match std::str::from_utf8(sql) {
-            Ok(s) => self.classify(s),
-            Err(_) => Arc::new(Class::new(Need::ParseError)),
-        };
-        let route = self.decide(&class);
-        let route = match self.attach_for(route).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(false),
-            Err(e) => {
-                self.cin.advance(h.total);
-                self.request_failed(e)?;
-                encode_ready(&mut self.cout, self.tx);
-                return Ok(true);
-            }
-        };
-        self.bout.extend_from_slice(&self.cin[..h.total]);
-        self.cin.advance(h.total);
-        self.expect.untracked_sync();
-        self.batches.push_back(Batch {
-            extended: false,
-            wrote: route.may_write(&class),
-            ddl: class.ddl,
-            effects: class.effects.clone(),
-            error: false,
-            started: Instant::now(),
-            target: route.target.label(),
-        });
-        Ok(true)
-    }
-
-    async fn function_call(&mut self, h: FrameHeader) -> Result<bool, Error> {
-        let route = self.decide(&Class::new(Need::Unknown));
-        match self.attach_for(route).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Ok(false),
-            Err(e) => {
-                self.cin.advance(h.total);
-                self.request_failed(e)?;
-                encode_ready(&mut self.cout, self.tx);
-                return Ok(true);
-            }
-        }
-        self.bout.extend_from_slice(&self.cin[..h.total]);
-        self.cin.advance(h.total);
-        self.expect.untracked_sync();
-        self.batches.push_back(Batch {
-            extended: false,
-            wrote: true,
-            ddl: false,
-            effects: Vec::new(),
-            error: false,
-            started: Instant::now(),
-            target: "primary",
-        });
-        Ok(true)
-    }
-
-    pub(super) fn classify(&self, sql: &str) -> ClassRef {
-        let (c, source) = self.ctx.classifier.classify_with_source(sql);
-        crate::metrics::classified(match source {
-            crate::router::cache::Source::Fast => "fast",
-            crate::router::cache::Source::Cache => "cache",
-            crate::router::cache::Source::Parse => "parse",
-        });
-        c
-    }
-
     /// Extended-protocol messages. Returns `false` when the batch has to wait for the current
     /// backend.
-    async fn extended(&mut self, h: FrameHeader) -> Result<bool, Error> {
+    pub(super) async fn extended(&mut self, h: FrameHeader) -> Result<bool, Error> {
         if self.copy_sync_ignored && matches!(h.tag, b'S' | b'H') {
             // Syncs during COPY FROM STDIN are ignored by the server; the first one after the
             // copy ends completes the batch that started it.

@@ -7,6 +7,8 @@
 mod auth;
 mod backend;
 mod commands;
+mod dispatch;
+mod effects;
 mod expect;
 mod extended;
 mod io;

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::expect::{Action, Expectations};
 use super::io::ClientIo;
+use super::effects::{finish_batch, FinishCtx};
 use super::state::SessionParams;
 use crate::cancel::Registration;
 use crate::config::PoolMode;
@@ -447,93 +448,6 @@ impl Session {
     pub(super) fn report(&mut self, e: &ErrorResponse) {
         e.encode(&mut self.cout);
         crate::metrics::error_sent(e.code.code());
-    }
-}
-
-/// The parts of a session a finished batch may change.
-pub(super) struct FinishCtx<'a> {
-    pub params: &'a mut SessionParams,
-    pub pins: &'a mut Vec<Pin>,
-    pub statements: &'a mut HashMap<String, Arc<Statement>>,
-    pub conn: &'a mut crate::pool::ServerConn,
-}
-
-/// Applies a batch's effects once its ReadyForQuery says how it ended: at once when it
-/// completed outside a transaction, at COMMIT when inside one, never when it failed.
-fn finish_batch(
-    batch: Batch,
-    status: TxStatus,
-    tx_effects: &mut Vec<Effect>,
-    committed: &mut Option<bool>,
-    f: &mut FinishCtx<'_>,
-) {
-    match status {
-        TxStatus::Idle => {
-            // A transaction that was open has ended: keep its effects only if it committed.
-            if !tx_effects.is_empty() {
-                let effects = std::mem::take(tx_effects);
-                if committed.take() == Some(true) {
-                    apply_effects(&effects, f);
-                }
-            }
-            if !batch.error {
-                apply_effects(&batch.effects, f);
-            }
-        }
-        TxStatus::InTransaction => {
-            if !batch.error {
-                tx_effects.extend(batch.effects);
-            }
-        }
-        TxStatus::Failed => {}
-    }
-    *committed = None;
-}
-
-pub(super) fn apply_effects(effects: &[Effect], f: &mut FinishCtx<'_>) {
-    for e in effects {
-        let before = f.params.fingerprint();
-        match e {
-            Effect::Pin(p) => {
-                if !f.pins.contains(p) {
-                    f.pins.push(*p);
-                    crate::metrics::pinned(p.as_str(), 1.0);
-                    tracing::debug!(pin = p.as_str(), "session pinned to its backend connection");
-                }
-            }
-            Effect::Unpin(p) => {
-                if let Some(i) = f.pins.iter().position(|x| x == p) {
-                    f.pins.remove(i);
-                    crate::metrics::pinned(p.as_str(), -1.0);
-                }
-            }
-            Effect::DiscardAll => {
-                for p in f.pins.drain(..) {
-                    crate::metrics::pinned(p.as_str(), -1.0);
-                }
-                f.statements.clear();
-                f.conn.prepared.clear();
-                f.params.apply(e);
-                f.conn.state_fp = 0;
-                continue;
-            }
-            Effect::DeallocateAll => {
-                f.statements.clear();
-                f.conn.prepared.clear();
-                continue;
-            }
-            Effect::ResetAll | Effect::Reset { .. } => {
-                f.params.apply(e);
-                // RESET returns the connection to its own defaults, not the client's startup
-                // values, and RESET ALL leaves the role: the next use resets and re-applies.
-                f.conn.state_fp = super::state::UNKNOWN_STATE;
-                continue;
-            }
-            Effect::Set { .. } => {}
-        }
-        if f.params.apply(e) && f.conn.state_fp == before {
-            f.conn.state_fp = f.params.fingerprint();
-        }
     }
 }
 
