@@ -17,6 +17,7 @@ pub const POOL_WAITING: &str = "pgsplit_pool_waiting_clients";
 pub const POOL_CHECKOUT_SECONDS: &str = "pgsplit_pool_checkout_seconds";
 pub const SESSIONS_PINNED: &str = "pgsplit_sessions_pinned";
 pub const CLASSIFICATIONS_TOTAL: &str = "pgsplit_classifications_total";
+pub const READS_RETRIED_TOTAL: &str = "pgsplit_reads_retried_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -50,6 +51,7 @@ fn describe() {
     describe_histogram!(POOL_CHECKOUT_SECONDS, Unit::Seconds, "Time to check out a backend connection");
     describe_gauge!(SESSIONS_PINNED, "Sessions pinned to one backend, by reason");
     describe_counter!(CLASSIFICATIONS_TOTAL, "Statement classifications, by source (fast, cache, parse)");
+    describe_counter!(READS_RETRIED_TOTAL, "Reads retried elsewhere after a replica failed them, by cause");
 }
 
 pub fn client_connected() {
@@ -85,6 +87,10 @@ pub fn checkout(seconds: f64) {
 
 pub fn pinned(reason: &'static str, delta: f64) {
     gauge!(SESSIONS_PINNED, "reason" => reason).increment(delta);
+}
+
+pub fn read_retried(cause: &str) {
+    counter!(READS_RETRIED_TOTAL, "cause" => cause.to_owned()).increment(1);
 }
 
 pub fn classified(source: &'static str) {

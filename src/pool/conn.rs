@@ -205,6 +205,35 @@ impl ServerConn {
         }
     }
 
+    /// Checks, without blocking, that an idle connection is still open: a server that shut down
+    /// or terminated it has sent an error and closed it. Asynchronous messages that arrived
+    /// while idle (ParameterStatus after a reload, notices) are kept for the next user.
+    pub fn idle_and_alive(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&buf[..n]);
+                    let mut at = 0;
+                    while let Ok(Some(h)) =
+                        pgsplit_protocol::framing::peek_header(&self.rbuf[at..], |_| MAX_BACKEND_MESSAGE)
+                    {
+                        if h.tag == b'E' {
+                            return false;
+                        }
+                        at += h.total;
+                        if at >= self.rbuf.len() {
+                            break;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     pub fn set_param(&mut self, name: String, value: String) {
         match self.params.iter_mut().find(|(k, _)| *k == name) {
             Some(p) => p.1 = value,

@@ -122,6 +122,9 @@ impl managed::Manager for Manager {
         if metrics.age() > self.max_lifetime {
             return Err(RecycleError::message("max_lifetime reached"));
         }
+        if !conn.idle_and_alive() {
+            return Err(RecycleError::message("closed by the server while idle"));
+        }
         Ok(())
     }
 }

@@ -88,7 +88,11 @@ impl Session {
                 Requirement::Primary(reason) => freshness = Some(reason),
                 Requirement::MinLsn(lsn) => {
                     let stale_after = self.ctx.settings.consistency.stale_after;
+                    let avoid = self.avoid_node.take();
                     for i in 0..topo.nodes.len() {
+                        if avoid == Some(i) {
+                            continue;
+                        }
                         let as_primary = cfg.primary_reads && snap.primary == Some(i);
                         if topo.is_suspect(i) || !(as_primary || snap.readable(i)) {
                             continue;
@@ -194,6 +198,12 @@ impl Session {
                 return Ok(true);
             }
         };
+        if let Target::Replica(_) = route.target {
+            let frames = bytes::BytesMut::from(&self.cin[..h.total]);
+            self.arm_retry(route.target, frames, false);
+        } else {
+            self.arm_retry(route.target, bytes::BytesMut::new(), false);
+        }
         self.bout.extend_from_slice(&self.cin[..h.total]);
         self.cin.advance(h.total);
         self.expect.untracked_sync();
@@ -221,6 +231,7 @@ impl Session {
                 return Ok(true);
             }
         }
+        self.disarm_retry();
         self.bout.extend_from_slice(&self.cin[..h.total]);
         self.cin.advance(h.total);
         self.expect.untracked_sync();
@@ -245,5 +256,4 @@ impl Session {
         });
         c
     }
-
 }

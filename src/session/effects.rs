@@ -98,4 +98,3 @@ pub(super) fn apply_effects(effects: &[Effect], f: &mut FinishCtx<'_>) {
         }
     }
 }
-

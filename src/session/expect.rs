@@ -50,6 +50,12 @@ impl Expectations {
         self.queue.is_empty()
     }
 
+    /// Forgets everything (the batches it described were abandoned with their connection).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.untracked_tail = 0;
+    }
+
     /// Notes a sync point (Sync, Query, FunctionCall) relayed without tracking.
     pub fn untracked_sync(&mut self) {
         self.untracked_tail += 1;

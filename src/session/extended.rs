@@ -68,6 +68,11 @@ impl Session {
                 }
             };
             self.tracking = self.needs_tracking(end)?;
+            if self.names_statements(end)? {
+                self.disarm_retry();
+            } else {
+                self.arm_retry(route.target, BytesMut::new(), true);
+            }
             self.batch_open = true;
             self.batch_ddl = class.ddl;
             self.batch_wrote = route.may_write(&class);
@@ -264,6 +269,20 @@ impl Session {
         Ok(track || last != b'S')
     }
 
+    /// Whether the batch parses or closes a named statement.
+    fn names_statements(&self, end: usize) -> Result<bool, Error> {
+        let mut named = false;
+        self.frames(end, |tag, body| {
+            match tag {
+                b'P' => named |= body.first().is_some_and(|&b| b != 0),
+                b'C' => named |= body.first() == Some(&b'S') && body.len() > 2,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(named)
+    }
+
     fn track(&mut self, e: Expect) {
         if self.tracking {
             self.expect.push(e);
@@ -332,6 +351,12 @@ impl Session {
         let body = &frame[5..];
         if self.refuse_on_replica(h.tag, body)? {
             return Ok(());
+        }
+        if let Some(r) = self.retry.as_mut().filter(|r| r.open) {
+            r.frames.extend_from_slice(&frame);
+            if h.tag == b'S' {
+                r.open = false;
+            }
         }
         match h.tag {
             b'P' => {

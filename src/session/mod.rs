@@ -13,6 +13,7 @@ mod expect;
 mod extended;
 mod io;
 mod relay;
+mod retry;
 mod state;
 
 use std::sync::Arc;

@@ -12,9 +12,10 @@ use pgsplit_protocol::framing::peek_header;
 use pgsplit_protocol::{BackendMessage, ErrorResponse, Limits, TxStatus};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::effects::{finish_batch, FinishCtx};
 use super::expect::{Action, Expectations};
 use super::io::ClientIo;
-use super::effects::{finish_batch, FinishCtx};
+use super::retry::{hold, Held, Retry};
 use super::state::SessionParams;
 use crate::cancel::Registration;
 use crate::config::PoolMode;
@@ -128,6 +129,15 @@ pub struct Session {
     /// What the session knows about its writes, for read-your-writes.
     pub(super) writes: WriteState,
 
+    /// A read that can still be retried elsewhere (see `retry`).
+    pub(super) retry: Option<Retry>,
+    /// The next routing decision avoids this node (it just failed a read).
+    pub(super) avoid_node: Option<usize>,
+    /// The batch being routed now is a retry: it gets no second one.
+    pub(super) retried: bool,
+    /// The armed read failed and has ended: retry it before anything else.
+    pub(super) retry_due: Option<String>,
+
     pub(super) draining: bool,
     pub(super) terminated: bool,
 }
@@ -187,6 +197,10 @@ impl Session {
             batch_wrote: false,
             tx_wrote: false,
             writes: WriteState::default(),
+            retry: None,
+            avoid_node: None,
+            retried: false,
+            retry_due: None,
             draining: false,
             terminated: false,
         }
@@ -234,6 +248,10 @@ impl Session {
                 self.process_client().await?;
             }
             self.process_backend()?;
+            if let Some(why) = self.retry_due.take() {
+                self.retry_now(&why).await;
+                continue;
+            }
             if self.releasable() {
                 self.release().await;
             } else if self.backend.is_some() && self.batches.is_empty() && self.tx == TxStatus::Idle {
@@ -280,8 +298,12 @@ impl Session {
                     self.bout.advance(n);
                 }
                 Event::BackendRead(r) => {
-                    if r.map_err(|_| Error::BackendLost)? == 0 {
+                    if !matches!(r, Ok(n) if n > 0) {
                         self.backend_lost();
+                        if self.retry.as_ref().is_some_and(|r| !r.open) {
+                            self.retry_now("connection lost").await;
+                            continue;
+                        }
                         return Err(Error::BackendLost);
                     }
                 }
@@ -356,7 +378,11 @@ impl Session {
             }
             let mut action = Action::Forward;
             if !self.expect.is_empty() || h.tag == b'Z' {
-                self.expect.drain_synthetic(&mut self.cout);
+                let out = match self.retry.as_mut() {
+                    Some(r) if !r.open => &mut r.hold,
+                    _ => &mut self.cout,
+                };
+                self.expect.drain_synthetic(out);
                 action = self.expect.on_backend(h.tag, &mut forget);
                 for id in forget.drain(..) {
                     conn.prepared.remove(&id);
@@ -364,6 +390,22 @@ impl Session {
             }
             let body = &conn.rbuf[5..h.total];
             tracing::trace!(tag = %(h.tag as char), len = h.total, ?action, "backend message");
+            if self.retry.is_some() {
+                let code = if h.tag == b'E' { error_code(body) } else { "" };
+                let forward = action == Action::Forward;
+                match hold(&mut self.retry, &mut self.cout, h.tag, &conn.rbuf[..h.total], code, forward) {
+                    Held::Released => {}
+                    Held::Kept => action = Action::Drop,
+                    Held::Dropped => {
+                        conn.rbuf.advance(h.total);
+                        continue;
+                    }
+                    Held::RetryNow => {
+                        self.retry_due = Some(self.retry.as_ref().and_then(|r| r.failed.clone()).unwrap_or_default());
+                        return Ok(());
+                    }
+                }
+            }
             match h.tag {
                 b'Z' => {
                     let status = body.first().and_then(|b| TxStatus::from_byte(*b).ok()).ok_or(Error::BackendLost)?;
@@ -439,7 +481,11 @@ impl Session {
             conn.rbuf.advance(h.total);
         }
         if !self.expect.is_empty() {
-            self.expect.drain_synthetic(&mut self.cout);
+            let out = match self.retry.as_mut() {
+                Some(r) if !r.open => &mut r.hold,
+                _ => &mut self.cout,
+            };
+            self.expect.drain_synthetic(out);
         }
         Ok(())
     }

@@ -286,3 +286,97 @@ pub async fn replicas_caught_up() {
 }
 
 pub const REPLICA_PORTS: [u16; 2] = [PRIMARY_PORT + 1, PRIMARY_PORT + 2];
+
+/// Commands for a private cluster (cheap to clone into blocking tasks).
+#[derive(Clone)]
+pub struct ClusterCtl {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub replicas: usize,
+}
+
+impl ClusterCtl {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        let out = Command::new(repo().join("scripts/cluster.sh"))
+            .env("PGCLUSTER_DIR", &self.dir)
+            .env("PGCLUSTER_PORT", self.port.to_string())
+            .env("PGCLUSTER_REPLICAS", self.replicas.to_string())
+            .args(args)
+            .output()
+            .expect("run cluster.sh");
+        assert!(
+            out.status.success(),
+            "cluster.sh {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn stop(&self, node: &str) {
+        self.cmd(&["stop-node", node]);
+    }
+
+    pub fn start(&self, node: &str) {
+        self.cmd(&["start-node", node]);
+    }
+
+    pub fn promote(&self, replica: usize) {
+        self.cmd(&["promote", &replica.to_string()]);
+    }
+
+    pub fn set_delay(&self, replica: usize, delay: &str) {
+        self.cmd(&["set-delay", &replica.to_string(), delay]);
+    }
+
+    /// Runs a cluster command off the async runtime.
+    pub async fn run(&self, f: impl FnOnce(&ClusterCtl) + Send + 'static) {
+        let c = self.clone();
+        tokio::task::spawn_blocking(move || f(&c)).await.unwrap();
+    }
+}
+
+/// A cluster of this test's own (for tests that stop, promote or slow down nodes), torn down
+/// when dropped.
+pub struct PrivateCluster {
+    pub ctl: ClusterCtl,
+}
+
+impl PrivateCluster {
+    /// A fresh cluster in `.cluster-<name>` with a primary on `port` and replicas after it.
+    pub async fn up(name: &str, port: u16, replicas: usize, extra: &[&str]) -> PrivateCluster {
+        let ctl = ClusterCtl { dir: repo().join(format!(".cluster-{name}")), port, replicas };
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        ctl.run(move |c| {
+            let _ = Command::new(repo().join("scripts/cluster.sh"))
+                .env("PGCLUSTER_DIR", &c.dir)
+                .env("PGCLUSTER_PORT", c.port.to_string())
+                .arg("down")
+                .output();
+            let mut args = vec!["up"];
+            args.extend(extra.iter().map(|s| s.as_str()));
+            c.cmd(&args);
+        })
+        .await;
+        PrivateCluster { ctl }
+    }
+
+    /// A pgsplit configuration for this cluster.
+    pub fn config(&self) -> Config {
+        let mut c = config();
+        c.cluster.primary = format!("127.0.0.1:{}", self.ctl.port);
+        c.cluster.replicas =
+            (1..=self.ctl.replicas).map(|i| format!("127.0.0.1:{}", self.ctl.port + i as u16)).collect();
+        c
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/cluster.sh"))
+            .env("PGCLUSTER_DIR", &self.ctl.dir)
+            .env("PGCLUSTER_PORT", self.ctl.port.to_string())
+            .arg("down")
+            .output();
+    }
+}
