@@ -221,7 +221,6 @@ async fn transactions_and_session_state() {
             ("CREATE TEMP TABLE rt_temp (a int)".into(), On::Primary, Some("DISCARD ALL"), On::Replica),
             ("SELECT pg_advisory_lock(42)".into(), On::Primary, Some("SELECT pg_advisory_unlock_all()"), On::Replica),
             ("DECLARE rt_cur CURSOR WITH HOLD FOR SELECT 1".into(), On::Primary, Some("CLOSE ALL"), On::Replica),
-            ("PREPARE rt_p AS SELECT inet_server_port()".into(), On::Primary, Some("DISCARD ALL"), On::Replica),
             (
                 format!("SELECT nextval('{}'), currval('{}')", f.seq, f.seq),
                 On::Primary,
@@ -286,9 +285,34 @@ async fn transactions_and_session_state() {
         c.batch_execute("BEGIN; SET work_mem = '9MB'; ROLLBACK").await.unwrap();
         let v: String = c.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
         assert_eq!(v, "7MB");
-        // SQL PREPARE/EXECUTE runs where the statement exists.
-        c.batch_execute("PREPARE rt_p2 AS SELECT inet_server_port()").await.unwrap();
-        assert_eq!(on(port_simple(&c, "EXECUTE rt_p2").await), On::Primary);
+        // SQL PREPARE/EXECUTE: routed by the prepared query's class, prepared wherever it runs.
+        c.batch_execute("PREPARE rt_read AS SELECT inet_server_port()").await.unwrap();
+        let mut ports = HashSet::new();
+        for _ in 0..20 {
+            let port = port_simple(&c, "EXECUTE rt_read").await;
+            assert_eq!(on(port), On::Replica, "{mode}: EXECUTE of a read");
+            ports.insert(port);
+        }
+        if mode == "transaction" {
+            assert_eq!(ports.len(), 2, "EXECUTE ran on both replicas");
+        }
+        c.batch_execute(&format!(
+            "PREPARE rt_write(int) AS INSERT INTO {} VALUES ($1, 0) RETURNING inet_server_port()",
+            f.t
+        ))
+        .await
+        .unwrap();
+        let id = 50_000 + if mode == "session" { 1 } else { 0 };
+        assert_eq!(on(port_simple(&c, &format!("EXECUTE rt_write({id})")).await), On::Primary);
+        let e = c.batch_execute("PREPARE rt_read AS SELECT 1").await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42P05");
+        // other clients do not see this client's statements
+        let other = pg(&p.app_url()).await;
+        let e = other.batch_execute("EXECUTE rt_read").await.unwrap_err();
+        assert_eq!(sqlstate(&e), "26000");
+        c.batch_execute("DEALLOCATE rt_read").await.unwrap();
+        let e = c.batch_execute("EXECUTE rt_read").await.unwrap_err();
+        assert_eq!(sqlstate(&e), "26000");
         p.stop().await;
     }
 }

@@ -50,6 +50,8 @@ pub struct ServerConn {
     pub state_fp: u64,
     /// Ids of pgsplit-named prepared statements that exist on this connection.
     pub prepared: HashSet<u64>,
+    /// pgsplit's names of SQL-level prepared statements (`PREPARE`) that exist here.
+    pub sql_prepared: HashSet<String>,
     /// Set when the connection is in an unknown state; it is then closed, never reused.
     pub broken: bool,
     pub created: Instant,
@@ -132,6 +134,7 @@ impl ServerConn {
             params: Vec::new(),
             state_fp: 0,
             prepared: HashSet::new(),
+            sql_prepared: HashSet::new(),
             broken: false,
             created: Instant::now(),
         };

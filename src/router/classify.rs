@@ -42,6 +42,11 @@ pub fn classify_full(sql: &str) -> Class {
         }
         statement(sql, raw, &mut class);
     }
+    if let [raw] = parsed.protobuf.stmts.as_slice() {
+        if let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+            sql_prepared(node, &mut class);
+        }
+    }
     class.hint = find_hint(sql);
     class.functions.sort();
     class.functions.dedup();
@@ -167,6 +172,37 @@ fn statement(sql: &str, raw: &RawStmt, class: &mut Class) {
             class.require(if ddl { Need::Ddl } else { Need::Unknown });
         }
     }
+}
+
+/// A lone PREPARE / EXECUTE / DEALLOCATE becomes a template the session rewrites; it then
+/// needs no pin (the session prepares it wherever it runs).
+fn sql_prepared(node: &NodeEnum, class: &mut Class) {
+    use super::{SqlPrepared, STATEMENT_PLACEHOLDER as PH};
+    let p = match node {
+        NodeEnum::PrepareStmt(ps) => {
+            let mut t = ps.clone();
+            t.name = PH.to_owned();
+            let Ok(template) = NodeEnum::PrepareStmt(t).deparse() else { return };
+            let inner = match ps.query.as_ref().and_then(|q| q.node.as_ref()).map(|q| q.deparse()) {
+                Some(Ok(q)) => classify_full(&q),
+                _ => return,
+            };
+            class.effects.retain(|e| *e != Effect::Pin(Pin::SqlPrepare));
+            class.need = Need::Read;
+            SqlPrepared::Prepare { name: ps.name.clone(), template, inner: Box::new(inner) }
+        }
+        NodeEnum::ExecuteStmt(es) => {
+            let mut t = es.clone();
+            t.name = PH.to_owned();
+            let Ok(template) = NodeEnum::ExecuteStmt(t).deparse() else { return };
+            SqlPrepared::Execute { name: es.name.clone(), template }
+        }
+        NodeEnum::DeallocateStmt(d) if !d.isall && !d.name.is_empty() => {
+            SqlPrepared::Deallocate { name: d.name.clone() }
+        }
+        _ => return,
+    };
+    class.sql_prepared = Some(p);
 }
 
 /// A statement nested in EXPLAIN, COPY or DECLARE: a query whose class counts.

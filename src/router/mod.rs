@@ -151,6 +151,24 @@ pub struct Class {
     pub ddl: bool,
     /// Number of statements in the batch.
     pub statements: usize,
+    /// A lone SQL `PREPARE`, `EXECUTE` or `DEALLOCATE`, which the session handles itself.
+    pub sql_prepared: Option<SqlPrepared>,
+}
+
+/// The placeholder for a prepared statement's name in [`SqlPrepared`] templates.
+pub const STATEMENT_PLACEHOLDER: &str = "pgsplit_statement_placeholder";
+
+/// SQL-level prepared statements, rewritten so that pgsplit can prepare them under its own
+/// names on whichever connection runs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqlPrepared {
+    /// `PREPARE name AS query`: `template` is the statement with the name replaced by
+    /// [`STATEMENT_PLACEHOLDER`]; `inner` is the class of the prepared query.
+    Prepare { name: String, template: String, inner: Box<Class> },
+    /// `EXECUTE name (args)`, as a template.
+    Execute { name: String, template: String },
+    /// `DEALLOCATE name`.
+    Deallocate { name: String },
 }
 
 impl Class {
@@ -165,6 +183,7 @@ impl Class {
             hint: None,
             ddl: false,
             statements: 1,
+            sql_prepared: None,
         }
     }
 

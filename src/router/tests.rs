@@ -90,7 +90,7 @@ fn needs_primary() {
         ("NOTIFY jobs", Need::Write),
         ("CREATE TEMP TABLE tt (a int)", Need::SessionState),
         ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", Need::SessionState),
-        ("PREPARE p AS SELECT 1", Need::SessionState),
+        ("PREPARE p AS SELECT 1; SELECT 1", Need::SessionState),
         ("EXECUTE p", Need::Unknown),
         ("LOCK TABLE t", Need::Utility),
         ("CALL p()", Need::Utility),
@@ -148,6 +148,37 @@ fn effects() {
     assert!(classify_full("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").effects.is_empty());
     assert!(classify_full("SET transaction_read_only = on").effects.is_empty());
     assert_eq!(classify_full("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE").effects.len(), 1);
+}
+
+#[test]
+fn sql_prepared_statements() {
+    let c = classify_full("PREPARE q(int) AS SELECT * FROM t WHERE id = $1");
+    assert!(c.effects.is_empty(), "a lone PREPARE does not pin");
+    match c.sql_prepared {
+        Some(SqlPrepared::Prepare { name, template, inner }) => {
+            assert_eq!(name, "q");
+            assert!(template.starts_with(&format!("PREPARE {STATEMENT_PLACEHOLDER}")), "{template}");
+            assert!(inner.is_read());
+        }
+        other => panic!("{other:?}"),
+    }
+    match classify_full("PREPARE w AS INSERT INTO t VALUES (1)").sql_prepared {
+        Some(SqlPrepared::Prepare { inner, .. }) => assert_eq!(inner.need, Need::Write),
+        other => panic!("{other:?}"),
+    }
+    match classify_full("EXECUTE q(42)").sql_prepared {
+        Some(SqlPrepared::Execute { name, template }) => {
+            assert_eq!(name, "q");
+            assert_eq!(template, format!("EXECUTE {STATEMENT_PLACEHOLDER}(42)"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(classify_full("DEALLOCATE q").sql_prepared, Some(SqlPrepared::Deallocate { name: "q".into() }));
+    assert_eq!(classify_full("DEALLOCATE ALL").sql_prepared, None);
+    // in a multi-statement string PREPARE pins the session instead
+    let c = classify_full("PREPARE z AS SELECT 1; SELECT 2");
+    assert_eq!(c.sql_prepared, None);
+    assert_eq!(c.effects, vec![Effect::Pin(Pin::SqlPrepare)]);
 }
 
 #[test]

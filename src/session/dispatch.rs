@@ -187,6 +187,11 @@ impl Session {
             Ok(s) => self.classify(s),
             Err(_) => Arc::new(Class::new(Need::ParseError)),
         };
+        if let Some(sp) = class.sql_prepared.clone() {
+            if let Some(done) = self.sql_prepared(h, sp).await? {
+                return Ok(done);
+            }
+        }
         let route = self.decide(&class);
         let route = match self.attach_for(route).await {
             Ok(Some(r)) => r,
@@ -215,6 +220,7 @@ impl Session {
             error: false,
             started: Instant::now(),
             target: route.target.label(),
+            prepare: None,
         });
         Ok(true)
     }
@@ -243,6 +249,7 @@ impl Session {
             error: false,
             started: Instant::now(),
             target: "primary",
+            prepare: None,
         });
         Ok(true)
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use pgsplit_protocol::TxStatus;
 
 use super::relay::Batch;
+use super::sqlprepare::SqlStatement;
 use super::state::{SessionParams, UNKNOWN_STATE};
 use crate::router::{Effect, Pin};
 use crate::statements::Statement;
@@ -17,6 +18,7 @@ pub(super) struct FinishCtx<'a> {
     pub params: &'a mut SessionParams,
     pub pins: &'a mut Vec<Pin>,
     pub statements: &'a mut HashMap<String, Arc<Statement>>,
+    pub sql_statements: &'a mut HashMap<String, SqlStatement>,
     pub conn: &'a mut crate::pool::ServerConn,
 }
 
@@ -29,6 +31,11 @@ pub(super) fn finish_batch(
     committed: &mut Option<bool>,
     f: &mut FinishCtx<'_>,
 ) {
+    // PREPARE is not transactional: it holds once it succeeded.
+    if let (Some((name, stmt)), false) = (&batch.prepare, batch.error) {
+        f.conn.sql_prepared.insert(stmt.internal.clone());
+        f.sql_statements.insert(name.clone(), stmt.clone());
+    }
     match status {
         TxStatus::Idle => {
             // A transaction that was open has ended: keep its effects only if it committed.
@@ -74,14 +81,18 @@ pub(super) fn apply_effects(effects: &[Effect], f: &mut FinishCtx<'_>) {
                     crate::metrics::pinned(p.as_str(), -1.0);
                 }
                 f.statements.clear();
+                f.sql_statements.clear();
                 f.conn.prepared.clear();
+                f.conn.sql_prepared.clear();
                 f.params.apply(e);
                 f.conn.state_fp = 0;
                 continue;
             }
             Effect::DeallocateAll => {
                 f.statements.clear();
+                f.sql_statements.clear();
                 f.conn.prepared.clear();
+                f.conn.sql_prepared.clear();
                 continue;
             }
             Effect::ResetAll | Effect::Reset { .. } => {

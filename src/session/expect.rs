@@ -29,6 +29,9 @@ pub enum Expect {
     Synth(u8),
     /// An error pgsplit reports itself (the rest of the batch up to Sync is not sent).
     SynthError(bytes::Bytes),
+    /// A simple query pgsplit sent itself: everything up to and including its ReadyForQuery
+    /// is dropped.
+    SwallowQuery,
 }
 
 /// What to do with one backend message.
@@ -106,6 +109,10 @@ impl Expectations {
                     Some(Expect::Sync) => {
                         self.queue.pop_front();
                     }
+                    Some(Expect::SwallowQuery) => {
+                        self.queue.pop_front();
+                        return Action::Drop;
+                    }
                     _ => {}
                 }
                 return Action::Forward;
@@ -117,6 +124,7 @@ impl Expectations {
         };
         match head {
             Expect::Untracked(_) => Action::Forward,
+            Expect::SwallowQuery => Action::Drop,
             _ if tag == b'E' => {
                 // The server skips everything up to Sync after an error.
                 while let Some(e) = self.queue.front() {
@@ -233,6 +241,16 @@ mod tests {
         e.push(Expect::Sync);
         let (seen, _) = run(&mut e, b"TDCZ2CZZ");
         assert_eq!(seen, b"TDCZ2CZ1Z");
+    }
+
+    #[test]
+    fn injected_simple_query_is_swallowed() {
+        let mut e = Expectations::default();
+        e.push(Expect::SwallowQuery);
+        e.untracked_sync();
+        let (seen, _) = run(&mut e, b"CZTDCZ");
+        assert_eq!(seen, b"TDCZ");
+        assert!(e.is_empty());
     }
 
     #[test]

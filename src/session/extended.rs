@@ -470,6 +470,7 @@ impl Session {
                     error: false,
                     started,
                     target,
+                    prepare: None,
                 });
                 self.batch_open = false;
                 self.tracking = false;

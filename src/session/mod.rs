@@ -14,6 +14,7 @@ mod extended;
 mod io;
 mod relay;
 mod retry;
+mod sqlprepare;
 mod state;
 
 use std::sync::Arc;

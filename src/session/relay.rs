@@ -16,6 +16,7 @@ use super::effects::{finish_batch, FinishCtx};
 use super::expect::{Action, Expectations};
 use super::io::ClientIo;
 use super::retry::{hold, Held, Retry};
+use super::sqlprepare::SqlStatement;
 use super::state::SessionParams;
 use crate::cancel::Registration;
 use crate::config::PoolMode;
@@ -60,6 +61,24 @@ pub(super) struct Batch {
     pub error: bool,
     pub started: Instant,
     pub target: &'static str,
+    /// A SQL PREPARE that registers the client's statement once it succeeds.
+    pub prepare: Option<(String, SqlStatement)>,
+}
+
+impl Batch {
+    /// A batch pgsplit itself sent, or one with nothing to note.
+    pub fn internal(target: &'static str) -> Self {
+        Batch {
+            extended: false,
+            ddl: false,
+            wrote: false,
+            effects: Vec::new(),
+            error: false,
+            started: Instant::now(),
+            target,
+            prepare: None,
+        }
+    }
 }
 
 pub struct Session {
@@ -112,6 +131,8 @@ pub struct Session {
     pub(super) tx_committed: Option<bool>,
     /// The client's named statements.
     pub(super) statements: HashMap<String, Arc<Statement>>,
+    /// The client's SQL prepared statements (`PREPARE`).
+    pub(super) sql_statements: HashMap<String, SqlStatement>,
     /// The client's unnamed statement and the backend pid it was parsed on.
     pub(super) unnamed: Option<(String, Vec<u32>, i32)>,
     pub(super) unnamed_class: Option<crate::router::ClassRef>,
@@ -189,6 +210,7 @@ impl Session {
             tx_effects: Vec::new(),
             tx_committed: None,
             statements: HashMap::new(),
+            sql_statements: HashMap::new(),
             unnamed: None,
             unnamed_class: None,
             unnamed_node: None,
@@ -435,6 +457,7 @@ impl Session {
                                 params: &mut self.params,
                                 pins: &mut self.pins,
                                 statements: &mut self.statements,
+                                sql_statements: &mut self.sql_statements,
                                 conn,
                             },
                         );
