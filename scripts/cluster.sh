@@ -131,6 +131,7 @@ create_roles() {
     SET password_encryption = 'scram-sha-256';
     CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD 'replicator';
     CREATE ROLE app LOGIN PASSWORD 'app';
+    GRANT pg_monitor TO app;
     CREATE ROLE alice LOGIN PASSWORD 'alice';
     CREATE ROLE pwuser LOGIN PASSWORD 'pwuser';
     CREATE ROLE trustuser LOGIN;

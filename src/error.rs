@@ -39,6 +39,8 @@ pub enum Error {
     BackendLost,
     #[error("no primary available: {0}")]
     NoPrimary(String),
+    #[error("user \"{0}\" is not allowed to use the admin console")]
+    NotAdmin(String),
 }
 
 impl Error {
@@ -66,6 +68,7 @@ impl Error {
             BackendLost => {
                 (true, SqlState::CONNECTION_FAILURE, "pgsplit lost the connection to the database server".into())
             }
+            NotAdmin(_) => (true, SqlState::INVALID_AUTHORIZATION_SPECIFICATION, self.to_string()),
             NoPrimary(why) => (
                 false,
                 SqlState::READ_ONLY_SQL_TRANSACTION,

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod cancel;
+pub mod clients;
 pub mod config;
 pub mod context;
 pub mod error;
@@ -19,3 +20,4 @@ pub mod router;
 pub mod server;
 mod session;
 pub mod statements;
+pub mod stats;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use pgsplit::config::{Config, ConfigError, Overrides, Settings};
 
 /// A read/write-splitting, pooling PostgreSQL proxy.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "pgsplit", version, about)]
 struct Cli {
     /// TOML configuration file (every key is optional; flags override it).
@@ -38,6 +38,10 @@ struct Cli {
     /// session, global, time or eventual (consistency.mode).
     #[arg(long)]
     consistency: Option<String>,
+    /// A user allowed into the SQL admin console (database "pgsplit"); repeat for several
+    /// (admin.users).
+    #[arg(long = "admin-user", value_name = "USER")]
+    admin_users: Vec<String>,
     /// Log filter, e.g. info or pgsplit=debug (log.level).
     #[arg(long)]
     log_level: Option<String>,
@@ -45,7 +49,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Command {
     /// Validate a configuration file and exit (0: valid, 64: invalid).
     CheckConfig {
@@ -69,6 +73,7 @@ fn load(cli: &Cli, file: Option<&std::path::Path>) -> Result<Settings, ConfigErr
         log_level: cli.log_level.clone(),
         max_lag: cli.max_lag,
         consistency: cli.consistency.clone(),
+        admin_users: cli.admin_users.clone(),
     });
     Settings::validate(config)
 }
@@ -107,8 +112,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let reload_cli = cli.clone();
+    let reloader: pgsplit::context::Reloader = Box::new(move || load(&reload_cli, reload_cli.config.as_deref()));
     rt.block_on(async move {
-        let server = match pgsplit::server::Server::bind(settings).await {
+        let server = match pgsplit::server::Server::bind_with_reload(settings, Some(reloader)).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("pgsplit: {e}");
@@ -116,6 +123,17 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = server.shutdown_token();
+        let ctx = server.context();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                match ctx.reload() {
+                    Ok(notes) => tracing::info!(?notes, "SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+                }
+            }
+        });
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received: shutting down");

@@ -18,6 +18,17 @@ pub const POOL_CHECKOUT_SECONDS: &str = "pgsplit_pool_checkout_seconds";
 pub const SESSIONS_PINNED: &str = "pgsplit_sessions_pinned";
 pub const CLASSIFICATIONS_TOTAL: &str = "pgsplit_classifications_total";
 pub const READS_RETRIED_TOTAL: &str = "pgsplit_reads_retried_total";
+pub const NODE_UP: &str = "pgsplit_node_up";
+pub const NODE_PRIMARY: &str = "pgsplit_node_primary";
+pub const NODE_BANNED: &str = "pgsplit_node_banned";
+pub const NODE_LSN: &str = "pgsplit_node_lsn";
+pub const NODE_SAMPLE_AGE: &str = "pgsplit_node_sample_age_seconds";
+pub const REPLICA_LAGGING: &str = "pgsplit_replica_lagging";
+pub const REPLICA_LAG_BYTES: &str = "pgsplit_replica_lag_bytes";
+pub const REPLICA_LAG_SECONDS: &str = "pgsplit_replica_lag_seconds";
+pub const MAX_LAG_SECONDS: &str = "pgsplit_max_lag_seconds";
+pub const STANDBY_REPLAY_LAG: &str = "pgsplit_standby_replay_lag_seconds";
+pub const PRIMARY_LSN: &str = "pgsplit_primary_lsn";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -52,6 +63,17 @@ fn describe() {
     describe_gauge!(SESSIONS_PINNED, "Sessions pinned to one backend, by reason");
     describe_counter!(CLASSIFICATIONS_TOTAL, "Statement classifications, by source (fast, cache, parse)");
     describe_counter!(READS_RETRIED_TOTAL, "Reads retried elsewhere after a replica failed them, by cause");
+    describe_gauge!(NODE_UP, "1 when the node's last sample succeeded");
+    describe_gauge!(NODE_PRIMARY, "1 for the node pgsplit sends writes to");
+    describe_gauge!(NODE_BANNED, "1 while the node is banned from reads (failures, or BAN)");
+    describe_gauge!(NODE_LSN, "WAL position: current on the primary, replayed on replicas (bytes)");
+    describe_gauge!(NODE_SAMPLE_AGE, Unit::Seconds, "Age of the node's last good sample");
+    describe_gauge!(REPLICA_LAGGING, "1 while the replica is over consistency.max_lag (or stale)");
+    describe_gauge!(REPLICA_LAG_BYTES, Unit::Bytes, "WAL the replica has not replayed");
+    describe_gauge!(REPLICA_LAG_SECONDS, Unit::Seconds, "How far behind the replica's replay is (0 when caught up)");
+    describe_gauge!(MAX_LAG_SECONDS, Unit::Seconds, "The lag over which a replica gets no reads");
+    describe_gauge!(STANDBY_REPLAY_LAG, Unit::Seconds, "replay_lag per standby from the primary's pg_stat_replication");
+    describe_gauge!(PRIMARY_LSN, "The primary's current WAL position (bytes)");
 }
 
 pub fn client_connected() {
@@ -95,6 +117,46 @@ pub fn read_retried(cause: &str) {
 
 pub fn classified(source: &'static str) {
     counter!(CLASSIFICATIONS_TOTAL, "source" => source).increment(1);
+}
+
+/// Publishes per-node gauges from a monitor snapshot.
+pub fn nodes(s: &crate::replication::Snapshot, max_lag_seconds: f64) {
+    use crate::replication::Role;
+    gauge!(MAX_LAG_SECONDS).set(max_lag_seconds);
+    if let Some(l) = s.primary_lsn {
+        gauge!(PRIMARY_LSN).set(l as f64);
+    }
+    for (i, n) in s.nodes.iter().enumerate() {
+        let node = [("node", n.addr.clone())];
+        gauge!(NODE_UP, &node).set(n.healthy as u8 as f64);
+        gauge!(NODE_PRIMARY, &node).set((s.primary == Some(i)) as u8 as f64);
+        gauge!(NODE_BANNED, &node).set(n.banned as u8 as f64);
+        if let Some(l) = n.lsn {
+            gauge!(NODE_LSN, &node).set(l as f64);
+        }
+        if n.role == Role::Replica {
+            gauge!(REPLICA_LAGGING, &node).set(n.lagging as u8 as f64);
+            if let Some(b) = n.lag_bytes {
+                gauge!(REPLICA_LAG_BYTES, &node).set(b as f64);
+            }
+            if let Some(sec) = n.lag_seconds {
+                gauge!(REPLICA_LAG_SECONDS, &node).set(sec);
+            }
+        }
+    }
+    for sb in &s.standbys {
+        gauge!(STANDBY_REPLAY_LAG, "standby" => sb.name.clone()).set(sb.replay_lag.unwrap_or(0.0));
+    }
+}
+
+/// Publishes gauges that depend on the moment of the scrape.
+pub fn sample_ages(s: &crate::replication::Snapshot) {
+    let now = std::time::Instant::now();
+    for n in &s.nodes {
+        if let Some(t) = n.sampled_at {
+            gauge!(NODE_SAMPLE_AGE, "node" => n.addr.clone()).set(now.saturating_duration_since(t).as_secs_f64());
+        }
+    }
 }
 
 /// Publishes pool gauges from a status snapshot (called when /metrics is scraped).

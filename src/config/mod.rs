@@ -103,11 +103,13 @@ impl Default for ServerConfig {
 pub struct AdminConfig {
     /// HTTP address for /metrics, /healthz, /readyz, /api/status and /dashboard (empty: off).
     pub listen: String,
+    /// Users (who log in as usual) allowed into the SQL admin console, database `pgsplit`.
+    pub users: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9930".into() }
+        AdminConfig { listen: "127.0.0.1:9930".into(), users: Vec::new() }
     }
 }
 
@@ -233,6 +235,7 @@ pub struct Overrides {
     pub log_level: Option<String>,
     pub max_lag: Option<std::time::Duration>,
     pub consistency: Option<String>,
+    pub admin_users: Vec<String>,
 }
 
 impl Config {
@@ -254,6 +257,7 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("cluster.replicas")
                 .with_list_parse_key("cluster.databases")
+                .with_list_parse_key("admin.users")
                 .with_list_parse_key("routing.harmless_functions")
                 .with_list_parse_key("routing.primary_functions")
                 .source(Some(vars)),
@@ -289,6 +293,9 @@ impl Config {
         }
         if let Some(v) = &o.consistency {
             self.consistency.mode = v.clone();
+        }
+        if !o.admin_users.is_empty() {
+            self.admin.users = o.admin_users.clone();
         }
     }
 }

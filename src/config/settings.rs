@@ -18,6 +18,8 @@ use super::{Config, ConfigError, LogConfig};
 pub struct Settings {
     pub server: ServerSettings,
     pub admin_listen: Option<SocketAddr>,
+    /// Users allowed into the SQL admin console.
+    pub admin_users: Vec<String>,
     pub pool: PoolSettings,
     pub auth: AuthSettings,
     pub primary: NodeAddr,
@@ -25,6 +27,8 @@ pub struct Settings {
     /// Every node: the declared primary first, then the replicas. Roles are only the starting
     /// guess; the monitor finds the real primary with `pg_is_in_recovery()`.
     pub nodes: Vec<NodeAddr>,
+    /// Load-balancing weight of each node (`routing.weights`, default 1).
+    pub node_weights: Vec<u32>,
     pub routing: RoutingSettings,
     pub consistency: ConsistencySettings,
     pub monitor: MonitorSettings,
@@ -403,9 +407,12 @@ impl Settings {
             }
             nodes.push(r.clone());
         }
+        let node_weights = nodes.iter().map(|n| routing.weights.get(&n.to_string()).copied().unwrap_or(1)).collect();
         Ok(Settings {
+            node_weights,
             server,
             admin_listen,
+            admin_users: c.admin.users.clone(),
             pool,
             auth: AuthSettings { users, unlisted },
             primary: primary.addr,

@@ -54,6 +54,8 @@ pub struct ServerConn {
     pub sql_prepared: HashSet<String>,
     /// Set when the connection is in an unknown state; it is then closed, never reused.
     pub broken: bool,
+    /// Its entry in the server registry (SHOW SERVERS).
+    pub registration: Option<super::ServerRegistration>,
     pub created: Instant,
 }
 
@@ -136,6 +138,7 @@ impl ServerConn {
             prepared: HashSet::new(),
             sql_prepared: HashSet::new(),
             broken: false,
+            registration: None,
             created: Instant::now(),
         };
         let mut scram: Option<ScramClient> = None;
@@ -241,6 +244,13 @@ impl ServerConn {
         match self.params.iter_mut().find(|(k, _)| *k == name) {
             Some(p) => p.1 = value,
             None => self.params.push((name, value)),
+        }
+    }
+
+    /// Marks the connection as held by a client (or not) for SHOW SERVERS.
+    pub fn set_in_use(&self, in_use: bool) {
+        if let Some(r) = &self.registration {
+            r.entry.in_use.store(in_use, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -55,6 +55,67 @@ impl PoolError {
     }
 }
 
+/// A backend connection as SHOW SERVERS lists it.
+#[derive(Debug)]
+pub struct ServerEntry {
+    pub id: u64,
+    pub node: String,
+    pub user: String,
+    pub database: String,
+    pub pid: i32,
+    pub created: std::time::SystemTime,
+    pub in_use: std::sync::atomic::AtomicBool,
+}
+
+/// Every open backend connection.
+#[derive(Default)]
+pub struct ServerRegistry {
+    next: std::sync::atomic::AtomicU64,
+    entries: Mutex<HashMap<u64, Arc<ServerEntry>>>,
+}
+
+/// Keeps a connection in the registry for as long as it exists.
+#[derive(Debug)]
+pub struct ServerRegistration {
+    registry: Arc<ServerRegistry>,
+    pub entry: Arc<ServerEntry>,
+}
+
+impl Drop for ServerRegistration {
+    fn drop(&mut self) {
+        self.registry.entries.lock().expect("server registry").remove(&self.entry.id);
+    }
+}
+
+impl std::fmt::Debug for ServerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerRegistry")
+    }
+}
+
+impl ServerRegistry {
+    fn register(self: &Arc<Self>, key: &PoolKey, pid: i32) -> ServerRegistration {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let entry = Arc::new(ServerEntry {
+            id,
+            node: key.node.to_string(),
+            user: key.user.clone(),
+            database: key.database.clone(),
+            pid,
+            created: std::time::SystemTime::now(),
+            in_use: std::sync::atomic::AtomicBool::new(false),
+        });
+        self.entries.lock().expect("server registry").insert(id, entry.clone());
+        ServerRegistration { registry: self.clone(), entry }
+    }
+
+    pub fn list(&self) -> Vec<Arc<ServerEntry>> {
+        let mut v: Vec<_> = self.entries.lock().expect("server registry").values().cloned().collect();
+        v.sort_by_key(|e| e.id);
+        v
+    }
+}
+
 /// Which pool: a node, and the role and database its connections log in as.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -80,6 +141,7 @@ pub struct Manager {
     /// ParameterStatus values a connection reports once given a session's settings, by the
     /// settings' fingerprint: lets a client log in without waiting for a free connection.
     reported: Mutex<HashMap<u64, Arc<ParamList>>>,
+    servers: Arc<ServerRegistry>,
 }
 
 impl Manager {
@@ -108,11 +170,17 @@ impl managed::Manager for Manager {
         let cred = self.credential.read().expect("credential lock").clone();
         let conn =
             ServerConn::connect(&self.key.node, &self.key.user, &self.key.database, &cred, self.connect_timeout).await;
-        match &conn {
-            Ok(_) => tracing::debug!(pool = %self.key, "backend connection opened"),
-            Err(e) => tracing::warn!(pool = %self.key, error = %e, "backend connection failed"),
+        match conn {
+            Ok(mut c) => {
+                tracing::debug!(pool = %self.key, "backend connection opened");
+                c.registration = Some(self.servers.register(&self.key, c.pid));
+                Ok(c)
+            }
+            Err(e) => {
+                tracing::warn!(pool = %self.key, error = %e, "backend connection failed");
+                Err(e)
+            }
         }
-        conn
     }
 
     async fn recycle(&self, conn: &mut ServerConn, metrics: &Metrics) -> RecycleResult<PoolError> {
@@ -135,7 +203,8 @@ pub type PooledConn = Object<Manager>;
 
 /// All pools, by key.
 pub struct Pools {
-    settings: PoolSettings,
+    settings: Mutex<PoolSettings>,
+    pub servers: Arc<ServerRegistry>,
     pools: Mutex<HashMap<PoolKey, Pool>>,
 }
 
@@ -155,11 +224,28 @@ pub struct PoolStatus {
 
 impl Pools {
     pub fn new(settings: PoolSettings) -> Arc<Self> {
-        Arc::new(Pools { settings, pools: Mutex::new(HashMap::new()) })
+        Arc::new(Pools {
+            settings: Mutex::new(settings),
+            servers: Arc::new(ServerRegistry::default()),
+            pools: Mutex::new(HashMap::new()),
+        })
     }
 
-    pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+    pub fn settings(&self) -> PoolSettings {
+        self.settings.lock().expect("pool settings").clone()
+    }
+
+    /// New pool settings (RELOAD): they apply to pools created from now on, and the default
+    /// size to existing pools too.
+    pub fn update(&self, settings: PoolSettings) {
+        let old = std::mem::replace(&mut *self.settings.lock().expect("pool settings"), settings.clone());
+        if old.size != settings.size {
+            for p in self.pools.lock().expect("pools lock").values() {
+                if p.status().max_size == old.size {
+                    p.resize(settings.size);
+                }
+            }
+        }
     }
 
     /// The pool for `key`, created with `size` connections at most if new. A credential learned
@@ -177,19 +263,21 @@ impl Pools {
             }
             return p.clone();
         }
+        let settings = self.settings();
         let manager = Manager {
             key: key.clone(),
             credential: RwLock::new(credential.clone()),
-            connect_timeout: self.settings.connect_timeout,
-            max_lifetime: self.settings.max_lifetime,
+            connect_timeout: settings.connect_timeout,
+            max_lifetime: settings.max_lifetime,
             reported: Mutex::new(HashMap::new()),
+            servers: self.servers.clone(),
         };
         let pool = Pool::builder(manager)
             .max_size(size)
             .runtime(deadpool::Runtime::Tokio1)
             .timeouts(Timeouts {
-                wait: Some(self.settings.checkout_timeout),
-                create: Some(self.settings.connect_timeout),
+                wait: Some(settings.checkout_timeout),
+                create: Some(settings.connect_timeout),
                 recycle: Some(Duration::from_secs(5)),
             })
             .build()
@@ -224,7 +312,7 @@ impl Pools {
     /// Closes idle connections past `idle_timeout` or `max_lifetime`, every few seconds,
     /// until `shutdown`.
     pub async fn reap(self: Arc<Self>, shutdown: CancellationToken) {
-        let period = (self.settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let period = (self.settings().idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
@@ -233,8 +321,8 @@ impl Pools {
             }
             let pools: Vec<Pool> = self.pools.lock().expect("pools lock").values().cloned().collect();
             for p in pools {
-                let idle = self.settings.idle_timeout;
-                let life = self.settings.max_lifetime;
+                let s = self.settings();
+                let (idle, life) = (s.idle_timeout, s.max_lifetime);
                 p.retain(|_, m| m.last_used() < idle && m.age() < life);
             }
         }

@@ -74,6 +74,37 @@ impl NodeStatus {
     }
 }
 
+/// A standby as the primary's `pg_stat_replication` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Standby {
+    pub name: String,
+    pub client_addr: Option<String>,
+    pub state: Option<String>,
+    pub write_lsn: Option<u64>,
+    pub flush_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    /// `replay_lag` in seconds (NULL when the standby is idle and caught up).
+    pub replay_lag: Option<f64>,
+}
+
+/// One point of the lag history, per node (for the dashboard's charts).
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryPoint {
+    /// Milliseconds since the Unix epoch.
+    pub t: u64,
+    pub nodes: Vec<NodeHistory>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeHistory {
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    pub healthy: bool,
+}
+
+/// How much history is kept: one point a second for five minutes.
+const HISTORY_POINTS: usize = 300;
+
 /// The published view of the cluster.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -84,6 +115,8 @@ pub struct Snapshot {
     pub no_primary: Option<String>,
     /// The primary's WAL position in this round (`pg_current_wal_lsn()`).
     pub primary_lsn: Option<u64>,
+    /// The primary's standbys (`pg_stat_replication`).
+    pub standbys: Vec<Standby>,
     /// When this round of samples started: its `primary_lsn` is at or after every commit that
     /// completed before this instant.
     pub round_started: Option<Instant>,
@@ -103,6 +136,7 @@ impl Snapshot {
             primary: if nodes.is_empty() { None } else { Some(0) },
             no_primary: None,
             primary_lsn: None,
+            standbys: Vec::new(),
             round_started: None,
             taken: Instant::now(),
         }
@@ -132,6 +166,8 @@ pub struct Topology {
     loads: Vec<AtomicUsize>,
     /// Set by sessions that saw a node fail; cleared by the monitor's good samples.
     suspect: Vec<AtomicBool>,
+    /// Set by BAN in the admin console, cleared by UNBAN.
+    manual_ban: Vec<AtomicBool>,
     /// Round-robin position.
     rr: AtomicUsize,
     /// When the last write through this pgsplit committed (nanoseconds after `epoch`), for
@@ -139,6 +175,7 @@ pub struct Topology {
     last_write: std::sync::atomic::AtomicU64,
     epoch: Instant,
     pub catalogs: Catalogs,
+    history: std::sync::Mutex<std::collections::VecDeque<HistoryPoint>>,
 }
 
 impl Topology {
@@ -148,10 +185,12 @@ impl Topology {
             current: ArcSwap::from_pointee(Snapshot::initial(&nodes)),
             loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             suspect: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            manual_ban: (0..n).map(|_| AtomicBool::new(false)).collect(),
             rr: AtomicUsize::new(0),
             last_write: std::sync::atomic::AtomicU64::new(0),
             epoch: Instant::now(),
             catalogs: Catalogs::default(),
+            history: std::sync::Mutex::new(std::collections::VecDeque::new()),
             nodes,
         })
     }
@@ -197,12 +236,53 @@ impl Topology {
         }
     }
 
+    /// Whether reads must avoid node `i` now: a session saw it fail, or an operator banned it.
     pub fn is_suspect(&self, i: usize) -> bool {
-        self.suspect.get(i).is_some_and(|s| s.load(Ordering::Acquire))
+        self.suspect.get(i).is_some_and(|s| s.load(Ordering::Acquire)) || self.is_banned_manually(i)
+    }
+
+    pub fn is_banned_manually(&self, i: usize) -> bool {
+        self.manual_ban.get(i).is_some_and(|s| s.load(Ordering::Acquire))
+    }
+
+    /// BAN / UNBAN from the admin console.
+    pub fn set_manual_ban(&self, i: usize, banned: bool) -> bool {
+        match self.manual_ban.get(i) {
+            Some(b) => {
+                b.store(banned, Ordering::Release);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn clear_suspect(&self, i: usize) -> bool {
         self.suspect.get(i).is_some_and(|s| s.swap(false, Ordering::AcqRel))
+    }
+
+    /// Adds a snapshot to the lag history (at most one point a second).
+    pub(crate) fn record_history(&self, s: &Snapshot) {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut h = self.history.lock().expect("history");
+        if h.back().is_some_and(|p| t < p.t + 1000) {
+            return;
+        }
+        let nodes = s
+            .nodes
+            .iter()
+            .map(|n| NodeHistory { lag_bytes: n.lag_bytes, lag_seconds: n.lag_seconds, healthy: n.healthy })
+            .collect();
+        h.push_back(HistoryPoint { t, nodes });
+        while h.len() > HISTORY_POINTS {
+            h.pop_front();
+        }
+    }
+
+    pub fn history(&self) -> Vec<HistoryPoint> {
+        self.history.lock().expect("history").iter().cloned().collect()
     }
 
     /// A write through pgsplit has committed now.

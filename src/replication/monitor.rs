@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::{parse_lsn, NodeStatus, Role, Snapshot, Topology};
+use super::{parse_lsn, NodeStatus, Role, Snapshot, Standby, Topology};
 use crate::config::{MonitorSettings, NodeAddr};
 
 /// What one sample of a node returns.
@@ -21,6 +21,8 @@ pub struct Sample {
     pub receive_lsn: Option<u64>,
     /// Replica: seconds since the last replayed transaction committed on the primary.
     pub replay_age: Option<f64>,
+    /// Primary: its standbys as `pg_stat_replication` shows them.
+    pub standbys: Vec<Standby>,
 }
 
 const SAMPLE_SQL: &str = "SELECT pg_is_in_recovery(), \
@@ -41,14 +43,39 @@ fn options(node: &NodeAddr, settings: &MonitorSettings, database: &str) -> PgCon
         .log_statements(tracing::log::LevelFilter::Trace)
 }
 
+const STANDBYS_SQL: &str = "SELECT application_name::text, client_addr::text, state::text, \
+     write_lsn::text, flush_lsn::text, replay_lsn::text, extract(epoch FROM replay_lag)::float8 \
+     FROM pg_stat_replication ORDER BY application_name";
+
+type StandbyRow =
+    (Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<f64>);
+
 async fn sample(conn: &mut PgConnection) -> Result<Sample, sqlx::Error> {
     let (in_recovery, lsn, recv, age): (bool, Option<String>, Option<String>, Option<f64>) =
-        sqlx::query_as(SAMPLE_SQL).fetch_one(conn).await?;
+        sqlx::query_as(SAMPLE_SQL).fetch_one(&mut *conn).await?;
+    let mut standbys = Vec::new();
+    if !in_recovery {
+        let rows: Vec<StandbyRow> = sqlx::query_as(STANDBYS_SQL).fetch_all(&mut *conn).await?;
+        let l = |v: &Option<String>| v.as_deref().and_then(parse_lsn);
+        standbys = rows
+            .into_iter()
+            .map(|r| Standby {
+                name: r.0.unwrap_or_default(),
+                client_addr: r.1,
+                state: r.2,
+                write_lsn: l(&r.3),
+                flush_lsn: l(&r.4),
+                replay_lsn: l(&r.5),
+                replay_lag: r.6,
+            })
+            .collect();
+    }
     Ok(Sample {
         in_recovery,
         lsn: lsn.as_deref().and_then(parse_lsn),
         receive_lsn: recv.as_deref().and_then(parse_lsn),
         replay_age: age,
+        standbys,
     })
 }
 
@@ -104,6 +131,41 @@ impl LagLimits {
     }
 }
 
+/// The primary's WAL position over time (kept when it changes, for ten minutes): how long ago a
+/// replica's replay position was current tells its lag in time, independent of clocks and of
+/// how long the primary sat idle before the unreplayed write.
+#[derive(Debug, Default)]
+pub struct LsnHistory {
+    points: std::collections::VecDeque<(Instant, u64)>,
+}
+
+const LSN_HISTORY: Duration = Duration::from_secs(600);
+
+impl LsnHistory {
+    pub fn record(&mut self, t: Instant, lsn: u64) {
+        if self.points.back().is_none_or(|&(_, l)| l != lsn) {
+            self.points.push_back((t, lsn));
+        }
+        while self.points.front().is_some_and(|&(pt, _)| t.saturating_duration_since(pt) > LSN_HISTORY) {
+            self.points.pop_front();
+        }
+    }
+
+    /// When the primary's position first went past `lsn`; `None` if it had already passed it
+    /// before the history begins.
+    pub fn passed_at(&self, lsn: u64) -> Option<Instant> {
+        let i = self.points.partition_point(|&(_, l)| l <= lsn);
+        if i == 0 {
+            return None;
+        }
+        self.points.get(i).map(|&(t, _)| t)
+    }
+
+    pub fn oldest(&self) -> Option<Instant> {
+        self.points.front().map(|&(t, _)| t)
+    }
+}
+
 /// Pure: the next snapshot from the previous one and this round's samples.
 pub fn next_snapshot(
     prev: &Snapshot,
@@ -112,6 +174,7 @@ pub fn next_snapshot(
     banned: &[bool],
     round_started: Instant,
     limits: LagLimits,
+    history: &LsnHistory,
 ) -> Snapshot {
     let mut list = Vec::with_capacity(nodes.len());
     let now = Instant::now();
@@ -145,7 +208,9 @@ pub fn next_snapshot(
         Some(p) if samples[p].is_err() => (Some(p), None),
         _ => (None, Some("no node is out of recovery: there is no primary to write to".to_string())),
     };
-    let primary_lsn = primary.and_then(|p| samples[p].as_ref().ok()).and_then(|s| s.lsn);
+    let primary_sample = primary.and_then(|p| samples[p].as_ref().ok());
+    let primary_lsn = primary_sample.and_then(|s| s.lsn);
+    let standbys = primary_sample.map(|s| s.standbys.clone()).unwrap_or_default();
     for (i, st) in list.iter_mut().enumerate() {
         if let (Ok(s), true) = (&samples[i], st.role == Role::Replica) {
             st.lag_bytes = match (primary_lsn, s.lsn) {
@@ -153,32 +218,56 @@ pub fn next_snapshot(
                 _ => None,
             };
             // An idle primary must not make a replica look laggy: nothing left to replay is
-            // no lag, however long ago the last transaction was.
-            st.lag_seconds = match st.lag_bytes {
-                Some(0) => Some(0.0),
+            // no lag, however long ago the last transaction was. Otherwise the lag is how long
+            // ago the primary passed the replica's position.
+            st.lag_seconds = match (st.lag_bytes, s.lsn) {
+                (Some(0), _) => Some(0.0),
+                (_, Some(r)) => match history.passed_at(r) {
+                    Some(t) => Some(now.saturating_duration_since(t).as_secs_f64()),
+                    None => {
+                        let known = history.oldest().map(|o| now.saturating_duration_since(o).as_secs_f64());
+                        match (known, s.replay_age) {
+                            (Some(k), Some(a)) => Some(k.max(a.max(0.0))),
+                            (k, a) => k.or(a.map(|a| a.max(0.0))),
+                        }
+                    }
+                },
                 _ => s.replay_age.map(|a| a.max(0.0)),
             };
             let was = prev.nodes.get(i).is_none_or(|n| n.lagging);
             st.lagging = limits.lagging(was, st.lag_seconds, st.lag_bytes);
         } else if samples[i].is_err() {
             st.lagging = prev.nodes.get(i).is_none_or(|n| n.lagging);
+        } else {
+            st.lagging = false;
         }
     }
-    Snapshot { nodes: list, primary, no_primary, primary_lsn, round_started: Some(round_started), taken: now }
+    Snapshot { nodes: list, primary, no_primary, primary_lsn, standbys, round_started: Some(round_started), taken: now }
 }
 
 /// Samples every node forever (until `shutdown`) and publishes snapshots.
-pub async fn run(topology: Arc<Topology>, settings: MonitorSettings, limits: LagLimits, shutdown: CancellationToken) {
+/// Where the monitor reads its settings each round (they can change on RELOAD).
+pub type SettingsSource = Arc<dyn Fn() -> (MonitorSettings, LagLimits) + Send + Sync>;
+
+pub async fn run(topology: Arc<Topology>, source: SettingsSource, shutdown: CancellationToken) {
     let nodes = topology.nodes.clone();
+    let mut settings = source().0;
     let mut tracks: Vec<NodeTrack> = nodes.iter().map(|_| NodeTrack::default()).collect();
+    let mut history = LsnHistory::default();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::spawn(catalog_loop(topology.clone(), settings.clone(), shutdown.clone()));
+    tokio::spawn(catalog_loop(topology.clone(), source.clone(), shutdown.clone()));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let (s, limits) = source();
+        if s.interval != settings.interval {
+            tick = tokio::time::interval(s.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        settings = s;
         let round_started = Instant::now();
         let futs = nodes.iter().zip(tracks.iter_mut()).map(|(n, t)| sample_node(n, t, &settings));
         let samples = futures_util::future::join_all(futs).await;
@@ -209,21 +298,27 @@ pub async fn run(topology: Arc<Topology>, settings: MonitorSettings, limits: Lag
             banned.push(t.banned);
         }
         let prev = topology.snapshot();
-        let next = next_snapshot(&prev, &nodes, &samples, &banned, round_started, limits);
+        if let Some(l) = samples.iter().filter_map(|s| s.as_ref().ok()).find(|s| !s.in_recovery).and_then(|s| s.lsn) {
+            history.record(round_started, l);
+        }
+        let next = next_snapshot(&prev, &nodes, &samples, &banned, round_started, limits, &history);
         if next.primary != prev.primary {
             match next.primary {
                 Some(p) => tracing::warn!(primary = %nodes[p], "primary is now {}", nodes[p]),
                 None => tracing::error!("no primary: {}", next.no_primary.as_deref().unwrap_or("")),
             }
         }
+        crate::metrics::nodes(&next, limits.max_seconds);
+        topology.record_history(&next);
         topology.publish(next);
     }
 }
 
 /// Loads catalogs when clients ask for a database, after DDL, and every `catalog_refresh`.
-async fn catalog_loop(topology: Arc<Topology>, settings: MonitorSettings, shutdown: CancellationToken) {
+async fn catalog_loop(topology: Arc<Topology>, source: SettingsSource, shutdown: CancellationToken) {
     let mut last_full = Instant::now();
     loop {
+        let settings = source().0;
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = topology.catalogs.wake.notified() => {}
@@ -271,17 +366,23 @@ mod tests {
     }
 
     fn primary(lsn: u64) -> Result<Sample, String> {
-        Ok(Sample { in_recovery: false, lsn: Some(lsn), receive_lsn: None, replay_age: None })
+        Ok(Sample { in_recovery: false, lsn: Some(lsn), receive_lsn: None, replay_age: None, standbys: vec![] })
     }
 
     const LIMITS: LagLimits = LagLimits { max_seconds: 1.0, max_bytes: 0 };
 
     fn next(prev: &Snapshot, n: &[NodeAddr], samples: &[Result<Sample, String>], banned: &[bool]) -> Snapshot {
-        next_snapshot(prev, n, samples, banned, Instant::now(), LIMITS)
+        next_snapshot(prev, n, samples, banned, Instant::now(), LIMITS, &LsnHistory::default())
     }
 
     fn replica(lsn: u64, age: f64) -> Result<Sample, String> {
-        Ok(Sample { in_recovery: true, lsn: Some(lsn), receive_lsn: Some(lsn), replay_age: Some(age) })
+        Ok(Sample {
+            in_recovery: true,
+            lsn: Some(lsn),
+            receive_lsn: Some(lsn),
+            replay_age: Some(age),
+            standbys: vec![],
+        })
     }
 
     #[test]
@@ -298,6 +399,33 @@ mod tests {
         assert!(s.readable(1));
         assert!(!s.readable(2), "2.5 s behind with max_lag 1 s");
         assert_eq!(s.primary_lsn, Some(1000));
+    }
+
+    #[test]
+    fn lag_in_time_from_the_primarys_position_history() {
+        let t0 = Instant::now() - Duration::from_secs(10);
+        let mut h = LsnHistory::default();
+        for (s, lsn) in [(0, 100), (1, 100), (2, 200), (5, 300), (9, 400)] {
+            h.record(t0 + Duration::from_secs(s), lsn);
+        }
+        assert_eq!(h.passed_at(100), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(h.passed_at(250), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(h.passed_at(400), None, "not passed yet");
+        assert_eq!(h.passed_at(50), None, "passed before the history");
+        let n = nodes(2);
+        let s = next_snapshot(
+            &Snapshot::initial(&n),
+            &n,
+            &[primary(400), replica(200, 3600.0)],
+            &[false; 2],
+            Instant::now(),
+            LIMITS,
+            &h,
+        );
+        let lag = s.nodes[1].lag_seconds.unwrap();
+        assert!((4.9..6.0).contains(&lag), "replica at 200 is about 5 s behind, not an hour: {lag}");
+        assert!(s.nodes[1].lagging);
+        assert!(!s.nodes[0].lagging, "a primary is never lagging");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub enum TxControl {
 /// Session state that outlives the statement and ties the session to one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum Pin {
     Listen,
     TempObject,
@@ -45,6 +46,14 @@ pub enum Pin {
 }
 
 impl Pin {
+    pub const ALL: [Pin; 7] =
+        [Pin::Listen, Pin::TempObject, Pin::AdvisoryLock, Pin::HoldCursor, Pin::Sequence, Pin::SqlPrepare, Pin::Other];
+
+    /// The pins in a bit set of discriminants.
+    pub fn from_bits(bits: u8) -> impl Iterator<Item = Pin> {
+        Self::ALL.into_iter().filter(move |p| bits & (1 << (*p as u8)) != 0)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Pin::Listen => "listen",
@@ -111,6 +120,30 @@ pub enum Need {
 }
 
 impl Need {
+    pub const ALL: [Need; 15] = [
+        Need::Read,
+        Need::Write,
+        Need::Ddl,
+        Need::Locking,
+        Need::SelectInto,
+        Need::WritableCte,
+        Need::SideEffectFunction,
+        Need::TxControl,
+        Need::SessionState,
+        Need::Utility,
+        Need::Copy,
+        Need::ExplainAnalyze,
+        Need::Catalog,
+        Need::Unknown,
+        Need::ParseError,
+    ];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// A dense index (the declaration order, which `ALL` follows).
+    pub fn index(&self) -> usize {
+        *self as usize
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Need::Read => "read",

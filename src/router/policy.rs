@@ -62,6 +62,60 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// How many distinct reasons there are (for counter arrays).
+    pub const COUNT: usize = 20 + Need::COUNT;
+
+    /// A dense index for counter arrays.
+    pub fn index(&self) -> usize {
+        match self {
+            Reason::InTransaction => 0,
+            Reason::Pinned => 1,
+            Reason::HintPrimary => 2,
+            Reason::HintReplica => 3,
+            Reason::VolatileFunction => 4,
+            Reason::UnknownFunction => 5,
+            Reason::PrimaryFunction => 6,
+            Reason::UnloggedTable => 7,
+            Reason::CatalogNotLoaded => 8,
+            Reason::Catalog => 9,
+            Reason::SessionSettings => 10,
+            Reason::Preference => 11,
+            Reason::NoReplica => 12,
+            Reason::ReadYourWrites => 13,
+            Reason::TimeWindow => 14,
+            Reason::ReplicasBehind => 15,
+            Reason::Read => 16,
+            Reason::ReadOnlyTransaction => 17,
+            Reason::Needs(n) => 20 + n.index(),
+        }
+    }
+
+    /// Every reason, once.
+    pub fn all() -> impl Iterator<Item = Reason> {
+        [
+            Reason::InTransaction,
+            Reason::Pinned,
+            Reason::HintPrimary,
+            Reason::HintReplica,
+            Reason::VolatileFunction,
+            Reason::UnknownFunction,
+            Reason::PrimaryFunction,
+            Reason::UnloggedTable,
+            Reason::CatalogNotLoaded,
+            Reason::Catalog,
+            Reason::SessionSettings,
+            Reason::Preference,
+            Reason::NoReplica,
+            Reason::ReadYourWrites,
+            Reason::TimeWindow,
+            Reason::ReplicasBehind,
+            Reason::Read,
+            Reason::ReadOnlyTransaction,
+        ]
+        .into_iter()
+        .chain(Need::ALL.iter().map(|n| Reason::Needs(*n)))
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Reason::Needs(n) => n.as_str(),

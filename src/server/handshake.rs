@@ -64,8 +64,8 @@ pub async fn tcp(
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let _ = tcp.set_nodelay(true);
-    let timeout = ctx.settings.server.startup_timeout;
-    let max = ctx.settings.server.limits.max_startup;
+    let timeout = ctx.settings().server.startup_timeout;
+    let max = ctx.settings().server.limits.max_startup;
     let mut buf = BytesMut::with_capacity(1024);
     let first = loop {
         let p = match tokio::time::timeout(timeout, read_packet(&mut tcp, &mut buf, max)).await {
@@ -117,8 +117,8 @@ pub async fn tcp(
 
 /// Serves a client over a Unix socket (no TLS there; SSLRequest gets `N`).
 pub async fn unix(ctx: Arc<Context>, mut s: tokio::net::UnixStream, permit: Option<OwnedSemaphorePermit>) {
-    let timeout = ctx.settings.server.startup_timeout;
-    let max = ctx.settings.server.limits.max_startup;
+    let timeout = ctx.settings().server.startup_timeout;
+    let max = ctx.settings().server.limits.max_startup;
     let mut buf = BytesMut::new();
     let first = loop {
         match tokio::time::timeout(timeout, read_packet(&mut s, &mut buf, max)).await {
@@ -140,8 +140,8 @@ async fn after_tls<S>(ctx: Arc<Context>, mut s: S, peer: String, permit: Option<
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeout = ctx.settings.server.startup_timeout;
-    let max = ctx.settings.server.limits.max_startup;
+    let timeout = ctx.settings().server.startup_timeout;
+    let max = ctx.settings().server.limits.max_startup;
     let mut buf = BytesMut::new();
     let p = match tokio::time::timeout(timeout, read_packet(&mut s, &mut buf, max)).await {
         Ok(Ok(StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {

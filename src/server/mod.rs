@@ -35,6 +35,14 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(settings: Settings) -> Result<Server, ServerError> {
+        Self::bind_with_reload(settings, None).await
+    }
+
+    /// Binds, with a way to load the configuration again for RELOAD and SIGHUP.
+    pub async fn bind_with_reload(
+        settings: Settings,
+        reloader: Option<crate::context::Reloader>,
+    ) -> Result<Server, ServerError> {
         let tls = match &settings.server.tls {
             Some((cert, key)) => Some(tls::acceptor(cert, key)?),
             None => None,
@@ -59,7 +67,7 @@ impl Server {
             }
             None => None,
         };
-        Ok(Server { ctx: Context::new(settings), listener, unix, admin, tls })
+        Ok(Server { ctx: Context::new(settings, reloader), listener, unix, admin, tls })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -83,17 +91,23 @@ impl Server {
     pub async fn serve(self) {
         let Server { ctx, listener, unix, admin, tls } = self;
         let metrics = crate::metrics::install();
-        let slots = Arc::new(Semaphore::new(ctx.settings.server.max_clients));
+        let slots = Arc::new(Semaphore::new(ctx.settings().server.max_clients));
         let mut background = Vec::new();
         background.push(tokio::spawn(ctx.pools.clone().reap(ctx.shutdown.clone())));
-        let limits = crate::replication::monitor::LagLimits {
-            max_seconds: ctx.settings.consistency.max_lag.as_secs_f64(),
-            max_bytes: ctx.settings.consistency.max_lag_bytes,
+        let source: crate::replication::monitor::SettingsSource = {
+            let ctx = ctx.clone();
+            Arc::new(move || {
+                let s = ctx.settings();
+                let limits = crate::replication::monitor::LagLimits {
+                    max_seconds: s.consistency.max_lag.as_secs_f64(),
+                    max_bytes: s.consistency.max_lag_bytes,
+                };
+                (s.monitor.clone(), limits)
+            })
         };
         background.push(tokio::spawn(crate::replication::monitor::run(
             ctx.topology.clone(),
-            ctx.settings.monitor.clone(),
-            limits,
+            source,
             ctx.shutdown.clone(),
         )));
         if let Some(admin) = admin {
@@ -131,7 +145,7 @@ impl Server {
         if let Some(p) = unix_path {
             let _ = std::fs::remove_file(p);
         }
-        let timeout = ctx.settings.server.shutdown_timeout;
+        let timeout = ctx.settings().server.shutdown_timeout;
         tracing::info!(clients = ctx.cancels.len(), timeout = ?timeout, "shutting down: no new clients; waiting for open transactions");
         ctx.sessions.close();
         if tokio::time::timeout(timeout, ctx.sessions.wait()).await.is_err() {

@@ -43,7 +43,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     user: &str,
     database: &str,
 ) -> Result<Authenticated, Error> {
-    let auth = &ctx.settings.auth;
+    let auth = &ctx.settings().auth;
     let (challenge, listed, configured): (Challenge, Option<Arc<UserAuth>>, Credential) = match auth.users.get(user) {
         Some(u) => {
             let c = match u.method {
@@ -171,13 +171,13 @@ async fn scram_exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Asks the primary for a user's secret with `auth_query`.
 async fn lookup_secret(ctx: &Context, user: &str, database: &str) -> Result<Option<ClientSecret>, Error> {
-    let Unlisted::AuthQuery { user: auth_user, password, database: auth_db, query } = &ctx.settings.auth.unlisted
+    let Unlisted::AuthQuery { user: auth_user, password, database: auth_db, query } = &ctx.settings().auth.unlisted
     else {
         return Ok(None);
     };
     let failed = |reason: String| Error::AuthQuery { user: user.into(), reason };
     let key = PoolKey {
-        node: ctx.settings.primary.clone(),
+        node: ctx.settings().primary.clone(),
         user: auth_user.clone(),
         database: auth_db.clone().unwrap_or_else(|| database.to_owned()),
     };

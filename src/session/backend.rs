@@ -74,12 +74,19 @@ impl Session {
         if let Some(i) = self.parked.iter().position(|b| b.node == node) {
             let b = self.parked.swap_remove(i);
             self.cancel.slot.attach(CancelTarget { addr: b.conn.addr.clone(), pid: b.conn.pid, secret: b.conn.secret });
+            self.client.entry.set_backend(Some(node), b.conn.pid);
             self.backend = Some(b);
             return Ok(Readiness::Ready);
         }
+        if self.ctx.is_paused() {
+            self.client.entry.set_state(crate::clients::ClientState::Waiting);
+            self.ctx.wait_unpaused().await;
+        }
         let pool = self.pool_for(node);
         let started = Instant::now();
+        self.client.entry.set_state(crate::clients::ClientState::Waiting);
         let conn = checkout(&pool).await;
+        self.client.entry.set_state(crate::clients::ClientState::Active);
         crate::metrics::checkout(started.elapsed().as_secs_f64());
         let mut conn = match conn {
             Ok(c) => c,
@@ -109,6 +116,8 @@ impl Session {
         }
         self.cancel.slot.attach(CancelTarget { addr: conn.addr.clone(), pid: conn.pid, secret: conn.secret });
         self.ctx.topology.acquire(node);
+        self.client.entry.set_backend(Some(node), conn.pid);
+        conn.set_in_use(true);
         self.backend = Some(Backend { conn, target, node });
         Ok(Readiness::Ready)
     }
@@ -143,6 +152,8 @@ impl Session {
 
     fn give_back(&self, b: Backend) {
         self.ctx.topology.release(b.node);
+        self.client.entry.set_backend(None, 0);
+        b.conn.set_in_use(false);
         tracing::trace!(pid = b.conn.pid, "backend released");
         if b.conn.prepared.len() > MAX_PREPARED_PER_CONN || b.conn.broken {
             discard(b.conn);

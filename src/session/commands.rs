@@ -134,7 +134,7 @@ impl Session {
             if self.writes.pending.is_none() {
                 break;
             }
-            tokio::time::sleep(self.ctx.settings.monitor.interval / 4 + Duration::from_millis(1)).await;
+            tokio::time::sleep(self.ctx.settings().monitor.interval / 4 + Duration::from_millis(1)).await;
         }
     }
 }

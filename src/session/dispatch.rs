@@ -76,7 +76,8 @@ impl Session {
     /// it now.
     pub(super) fn decide(&mut self, class: &Class) -> Route {
         let topo = self.ctx.topology.clone();
-        let cfg = &self.ctx.settings.routing;
+        let settings = self.ctx.settings();
+        let cfg = &settings.routing;
         let pinned = !self.pins.is_empty();
         let mut candidates = Vec::new();
         let mut freshness = None;
@@ -87,7 +88,7 @@ impl Session {
             match self.writes.requirement(self.consistency, &snap, topo.last_write(), now) {
                 Requirement::Primary(reason) => freshness = Some(reason),
                 Requirement::MinLsn(lsn) => {
-                    let stale_after = self.ctx.settings.consistency.stale_after;
+                    let stale_after = settings.consistency.stale_after;
                     let avoid = self.avoid_node.take();
                     for i in 0..topo.nodes.len() {
                         if avoid == Some(i) {
@@ -101,7 +102,7 @@ impl Session {
                             candidates.push(Candidate {
                                 node: i,
                                 load: topo.load(i),
-                                weight: self.ctx.node_weights[i],
+                                weight: settings.node_weights[i],
                             });
                         } else {
                             behind = true;
@@ -150,6 +151,10 @@ impl Session {
             }
             (Readiness::Ready, route) => {
                 crate::metrics::routed(route.target.label(), route.reason.as_str());
+                let node = self.backend.as_ref().map(|b| b.node).unwrap_or(0);
+                self.ctx.stats.routed(route.target, route.reason, node);
+                self.client.entry.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.client.entry.set_state(crate::clients::ClientState::Active);
                 tracing::debug!(target = route.target.label(), node = ?self.backend.as_ref().map(|b| b.node), reason = route.reason.as_str(), "routed");
                 Ok(Some(route))
             }

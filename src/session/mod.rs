@@ -7,6 +7,7 @@
 mod auth;
 mod backend;
 mod commands;
+mod console;
 mod dispatch;
 mod effects;
 mod expect;
@@ -49,8 +50,23 @@ where
     let span = tracing::info_span!("client", addr = %info.peer, user = %user, db = %database, tls = info.tls);
     async move {
         crate::metrics::client_connected();
-        let mut io = io::ClientIo::new(stream, rbuf, ctx.settings.server.limits);
-        let timeout = ctx.settings.server.startup_timeout;
+        let mut io = io::ClientIo::new(stream, rbuf, ctx.settings().server.limits);
+        let timeout = ctx.settings().server.startup_timeout;
+        if database == console::CONSOLE_DATABASE {
+            let login = tokio::time::timeout(timeout, auth::authenticate(&mut io, &ctx, &user, &database)).await;
+            let result = match login {
+                Err(_) => Err(Error::StartupTimeout),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(_)) => console::serve(&ctx, &mut io, &user).await,
+            };
+            if let Err(e) = result {
+                if let Some(r) = e.response() {
+                    io.send_error(&r).await;
+                }
+            }
+            crate::metrics::client_disconnected();
+            return;
+        }
         let started = tokio::time::timeout(timeout, startup(&ctx, &mut io, &info, &user, &database)).await;
         let result: Result<(), Error> = match started {
             Err(_) => Err(Error::StartupTimeout),
@@ -94,10 +110,10 @@ where
     if user.is_empty() {
         return Err(Error::NoUser);
     }
-    if ctx.settings.server.require_tls && !info.tls {
+    if ctx.settings().server.require_tls && !info.tls {
         return Err(Error::TlsRequired);
     }
-    if !ctx.settings.database_allowed(database) {
+    if !ctx.settings().database_allowed(database) {
         return Err(Error::UnknownDatabase(database.into()));
     }
     if ctx.shutdown.is_cancelled() {
@@ -106,7 +122,7 @@ where
     let params = SessionParams::from_startup(&info.params).map_err(Error::Unsupported)?;
     let authed = auth::authenticate(io, ctx, user, database).await?;
 
-    let settings = &ctx.settings;
+    let settings = ctx.settings();
     let listed = authed.user.as_ref();
     let size = listed.and_then(|u| u.pool_size).unwrap_or(settings.pool.size);
     let mode = listed.and_then(|u| u.pool_mode).unwrap_or(settings.pool.mode);
@@ -121,7 +137,8 @@ where
     };
     ctx.topology.catalogs.want(database);
     let cancel = ctx.cancels.register();
-    let mut session = relay::Session::new(ctx.clone(), login, mode, params, cancel);
+    let client = ctx.clients.register(&info.peer, user, database, app, info.tls);
+    let mut session = relay::Session::new(ctx.clone(), login, client, mode, params, cancel);
     let reported = session.reported_params().await.map_err(|e| match e {
         // At login every failure is final.
         Error::Pool(crate::pool::PoolError::CheckoutTimeout(_)) => {

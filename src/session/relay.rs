@@ -19,6 +19,7 @@ use super::retry::{hold, Held, Retry};
 use super::sqlprepare::SqlStatement;
 use super::state::SessionParams;
 use crate::cancel::Registration;
+use crate::clients::{ClientHandle, ClientState};
 use crate::config::PoolMode;
 use crate::config::{Mode, Reads};
 use crate::context::Context;
@@ -84,6 +85,8 @@ impl Batch {
 pub struct Session {
     pub(super) ctx: Arc<Context>,
     pub(super) login: Login,
+    /// This client's entry in the registry (SHOW CLIENTS, the dashboard).
+    pub(super) client: ClientHandle,
     /// Pools by node index, created on first use.
     pub(super) pools: Vec<Option<Pool>>,
     pub(super) mode: PoolMode,
@@ -175,16 +178,18 @@ impl Session {
     pub(super) fn new(
         ctx: Arc<Context>,
         login: Login,
+        client: ClientHandle,
         mode: PoolMode,
         params: SessionParams,
         cancel: Registration,
     ) -> Self {
-        let limits = ctx.settings.server.limits;
+        let limits = ctx.settings().server.limits;
         Session {
             forces_primary: params.forces_primary(),
             consistency: login.consistency,
             ctx,
             login,
+            client,
             pools: Vec::new(),
             mode,
             cancel,
@@ -434,7 +439,9 @@ impl Session {
                     self.tx = status;
                     self.copy_in = false;
                     if let Some(batch) = self.batches.pop_front() {
-                        crate::metrics::query_duration(batch.target, batch.started.elapsed().as_secs_f64());
+                        let elapsed = batch.started.elapsed();
+                        crate::metrics::query_duration(batch.target, elapsed.as_secs_f64());
+                        self.ctx.stats.completed(elapsed.as_micros() as u64);
                         if batch.ddl {
                             self.ctx.topology.catalogs.refresh(&self.login.database);
                         }
@@ -442,7 +449,7 @@ impl Session {
                             if status == TxStatus::Idle {
                                 let now = Instant::now();
                                 self.tx_wrote = false;
-                                self.writes.wrote(now, self.consistency, self.ctx.settings.consistency.time_window);
+                                self.writes.wrote(now, self.consistency, self.ctx.settings().consistency.time_window);
                                 self.ctx.topology.note_write(now);
                             } else {
                                 self.tx_wrote = true;
@@ -462,9 +469,14 @@ impl Session {
                             },
                         );
                         self.forces_primary = self.params.forces_primary();
+                        self.client.entry.set_pins(self.pins.iter().fold(0u8, |b, p| b | (1 << (*p as u8))));
                     }
                     if self.batches.is_empty() {
                         self.blocked = false;
+                        self.client.entry.set_state(match status {
+                            TxStatus::Idle => ClientState::Idle,
+                            _ => ClientState::InTransaction,
+                        });
                     }
                 }
                 b'E' => {

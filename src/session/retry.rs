@@ -99,7 +99,7 @@ impl Session {
         self.disarm_retry();
         let retried = std::mem::take(&mut self.retried);
         let Target::Replica(node) = target else { return };
-        if !self.ctx.settings.routing.retry_reads
+        if !self.ctx.settings().routing.retry_reads
             || retried
             || !self.batches.is_empty()
             || self.tx != pgsplit_protocol::TxStatus::Idle
@@ -122,6 +122,7 @@ impl Session {
         let Some(r) = self.retry.take() else { return };
         tracing::info!(node = %self.ctx.topology.nodes[r.node], why, "read failed on a replica before any answer reached the client; retrying elsewhere");
         crate::metrics::read_retried(why);
+        self.ctx.stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if why != "40001" {
             self.ctx.topology.report_failure(r.node, why);
         }
