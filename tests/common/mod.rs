@@ -61,6 +61,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(config: Config) -> Proxy {
+        Self::start_with_reload(config, None).await
+    }
+
+    /// Starts pgsplit with a way to reload its configuration (RELOAD, SIGHUP).
+    pub async fn start_with_reload(config: Config, reloader: Option<pgsplit::context::Reloader>) -> Proxy {
         cluster();
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -69,7 +74,7 @@ impl Proxy {
                 .try_init();
         }
         let settings = Settings::validate(config).expect("valid test config");
-        let server = Server::bind(settings).await.expect("bind");
+        let server = Server::bind_with_reload(settings, reloader).await.expect("bind");
         let addr = server.local_addr();
         let admin = server.admin_addr();
         let shutdown = server.shutdown_token();
@@ -379,4 +384,47 @@ impl Drop for PrivateCluster {
             .arg("down")
             .output();
     }
+}
+
+/// Scrapes pgsplit's /metrics.
+pub async fn scrape(p: &Proxy) -> String {
+    let addr = p.admin.expect("admin endpoint");
+    http_get(addr, "/metrics").await
+}
+
+/// A minimal HTTP/1.1 GET (the admin endpoint speaks plain HTTP on loopback).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        // de-chunk
+        let mut rest = body;
+        let mut out = String::new();
+        while let Some((len, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n.min(after.len())]);
+            rest = after.get(n + 2..).unwrap_or("");
+        }
+        return out;
+    }
+    body.to_owned()
+}
+
+/// The value of a metric line `name{labels}` (labels as they appear, e.g. `node="127.0.0.1:1"`).
+pub fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && (label.is_empty() || l.contains(label)) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
