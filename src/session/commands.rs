@@ -93,7 +93,7 @@ impl Session {
         match v {
             Var::LastWriteLsn => format_lsn(self.writes.last_write_lsn),
             Var::MinLsn => format_lsn(self.writes.min_lsn),
-            Var::Consistency => self.consistency.as_str().to_owned(),
+            Var::Consistency => self.consistency().as_str().to_owned(),
         }
     }
 
@@ -106,7 +106,7 @@ impl Session {
                 Ok(None)
             }
             Command::Reset(Var::Consistency) => {
-                self.consistency = self.login.consistency;
+                self.consistency_override = None;
                 Ok(None)
             }
             Command::Set(Var::MinLsn, v) => {
@@ -115,7 +115,7 @@ impl Session {
                 Ok(None)
             }
             Command::Set(Var::Consistency, v) => {
-                self.consistency = Mode::parse("pgsplit.consistency", &v).map_err(|e| e.to_string())?;
+                self.consistency_override = Some(Mode::parse("pgsplit.consistency", &v).map_err(|e| e.to_string())?);
                 Ok(None)
             }
             Command::Set(Var::LastWriteLsn, _) | Command::Reset(Var::LastWriteLsn) => {

@@ -42,7 +42,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io.flush().await?;
     tracing::info!("admin console session");
     loop {
-        let f = io.read_frame().await?;
+        let f = tokio::select! {
+            f = io.read_frame() => f?,
+            _ = ctx.shutdown.cancelled() => return Err(Error::Shutdown),
+        };
         match f.tag {
             b'Q' => {
                 let sql = std::str::from_utf8(f.body.strip_suffix(&[0]).unwrap_or(&f.body)).unwrap_or("");

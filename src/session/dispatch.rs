@@ -85,7 +85,8 @@ impl Session {
         if self.tx == TxStatus::Idle && !pinned && class.is_read() {
             let snap = topo.snapshot();
             let now = Instant::now();
-            match self.writes.requirement(self.consistency, &snap, topo.last_write(), now) {
+            let mode = self.consistency();
+            match self.writes.requirement(mode, &snap, topo.last_write(), now) {
                 Requirement::Primary(reason) => freshness = Some(reason),
                 Requirement::MinLsn(lsn) => {
                     let stale_after = settings.consistency.stale_after;
@@ -115,7 +116,7 @@ impl Session {
             tx: self.tx,
             pinned,
             attached: self.backend.as_ref().map(|b| b.target),
-            reads: self.login.reads,
+            reads: self.reads(&settings),
             forces_primary: self.forces_primary,
             freshness,
         };

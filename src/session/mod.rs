@@ -132,8 +132,7 @@ where
         database: database.to_owned(),
         credential: authed.credential,
         pool_size: size,
-        reads: settings.routing.reads_for(user, database, app),
-        consistency: settings.consistency.mode_for(user, database),
+        application_name: app.to_owned(),
     };
     ctx.topology.catalogs.want(database);
     let cancel = ctx.cancels.register();

@@ -46,8 +46,7 @@ pub(super) struct Login {
     pub database: String,
     pub credential: Credential,
     pub pool_size: usize,
-    pub reads: Reads,
-    pub consistency: Mode,
+    pub application_name: String,
 }
 
 /// What happened to one batch (a simple Query, or extended messages up to Sync).
@@ -148,8 +147,8 @@ pub struct Session {
     pub(super) batch_wrote: bool,
     /// The open transaction has written.
     pub(super) tx_wrote: bool,
-    /// This session's consistency mode (config, or `SET pgsplit.consistency`).
-    pub(super) consistency: Mode,
+    /// `SET pgsplit.consistency`: this session's own mode, over the configured one.
+    pub(super) consistency_override: Option<Mode>,
     /// What the session knows about its writes, for read-your-writes.
     pub(super) writes: WriteState,
 
@@ -186,7 +185,7 @@ impl Session {
         let limits = ctx.settings().server.limits;
         Session {
             forces_primary: params.forces_primary(),
-            consistency: login.consistency,
+            consistency_override: None,
             ctx,
             login,
             client,
@@ -231,6 +230,18 @@ impl Session {
             draining: false,
             terminated: false,
         }
+    }
+
+    /// The session's consistency mode now: its own, or the configured one for its user and
+    /// database (which RELOAD can change).
+    pub(super) fn consistency(&self) -> Mode {
+        self.consistency_override
+            .unwrap_or_else(|| self.ctx.settings().consistency.mode_for(&self.login.user, &self.login.database))
+    }
+
+    /// Where the session's reads go by preference (configured, and changed by RELOAD).
+    pub(super) fn reads(&self, settings: &crate::config::Settings) -> Reads {
+        settings.routing.reads_for(&self.login.user, &self.login.database, &self.login.application_name)
     }
 
     pub(super) fn cancel_pid(&self) -> i32 {
@@ -449,7 +460,11 @@ impl Session {
                             if status == TxStatus::Idle {
                                 let now = Instant::now();
                                 self.tx_wrote = false;
-                                self.writes.wrote(now, self.consistency, self.ctx.settings().consistency.time_window);
+                                let settings = self.ctx.settings();
+                                let mode = self.consistency_override.unwrap_or_else(|| {
+                                    settings.consistency.mode_for(&self.login.user, &self.login.database)
+                                });
+                                self.writes.wrote(now, mode, settings.consistency.time_window);
                                 self.ctx.topology.note_write(now);
                             } else {
                                 self.tx_wrote = true;

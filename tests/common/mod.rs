@@ -424,7 +424,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
 pub fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(name) && (label.is_empty() || l.contains(label)) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| {
+            l.starts_with(name) && (label.is_empty() || l.contains(label)) && l[name.len()..].starts_with(['{', ' '])
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
