@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing pgsplit needs on a fresh Debian machine, skipping what is
 # already there: PostgreSQL server binaries, libclang (for pg_query's bindings), a C compiler,
-# and cargo-nextest (falls back to `cargo test` when it cannot be installed).
+# and Chromium (the dashboard test). Tests run with cargo-nextest when present, else cargo test.
 #   scripts/setup.sh           build + test dependencies
 #   scripts/setup.sh --bench   also PgBouncer, Pgpool-II and perf for scripts/bench.sh
 set -euo pipefail
@@ -13,6 +13,8 @@ have_pkg libclang-dev || need+=(libclang-dev)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
+# the dashboard test loads the page in headless Chromium
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${1:-}" = "--bench" ]; then
   command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
   command -v pgpool >/dev/null 2>&1 || [ -x /usr/sbin/pgpool ] || need+=(pgpool2)

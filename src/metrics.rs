@@ -30,6 +30,33 @@ pub const MAX_LAG_SECONDS: &str = "pgsplit_max_lag_seconds";
 pub const STANDBY_REPLAY_LAG: &str = "pgsplit_standby_replay_lag_seconds";
 pub const PRIMARY_LSN: &str = "pgsplit_primary_lsn";
 
+/// Every metric name, for documentation checks and dashboards.
+pub const ALL: &[&str] = &[
+    CLIENT_CONNECTIONS,
+    CLIENT_CONNECTIONS_TOTAL,
+    CLIENT_LOGIN_FAILURES_TOTAL,
+    QUERIES_ROUTED_TOTAL,
+    QUERY_DURATION_SECONDS,
+    ERRORS_TOTAL,
+    POOL_CONNECTIONS,
+    POOL_WAITING,
+    POOL_CHECKOUT_SECONDS,
+    SESSIONS_PINNED,
+    CLASSIFICATIONS_TOTAL,
+    READS_RETRIED_TOTAL,
+    NODE_UP,
+    NODE_PRIMARY,
+    NODE_BANNED,
+    NODE_LSN,
+    NODE_SAMPLE_AGE,
+    REPLICA_LAGGING,
+    REPLICA_LAG_BYTES,
+    REPLICA_LAG_SECONDS,
+    MAX_LAG_SECONDS,
+    STANDBY_REPLAY_LAG,
+    PRIMARY_LSN,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process) and describes every metric.
@@ -170,5 +197,16 @@ pub fn pools(status: &[crate::pool::PoolStatus]) {
         with_state.push(("state", "idle".into()));
         gauge!(POOL_CONNECTIONS, &with_state).set(p.idle as f64);
         gauge!(POOL_WAITING, &labels).set(p.waiting as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_is_documented() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+        for name in super::ALL {
+            assert!(doc.contains(&format!("| `{name}` |")), "{name} is not in docs/operations.md");
+        }
     }
 }

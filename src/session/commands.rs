@@ -89,6 +89,18 @@ impl Session {
         encode_ready(&mut self.cout, self.tx);
     }
 
+    /// pgsplit variables given at startup (`options=-c pgsplit.consistency=global`).
+    pub(super) fn apply_startup_vars(&mut self, vars: &[(String, String)]) -> Result<(), crate::error::Error> {
+        for (name, value) in vars {
+            let cmd = var(name).and_then(|v| match v {
+                Var::LastWriteLsn => Err("parameter \"pgsplit.last_write_lsn\" cannot be changed".to_string()),
+                v => Ok(Command::Set(v, value.clone())),
+            });
+            cmd.and_then(|c| self.apply_command(c)).map_err(crate::error::Error::Unsupported)?;
+        }
+        Ok(())
+    }
+
     fn show(&self, v: Var) -> String {
         match v {
             Var::LastWriteLsn => format_lsn(self.writes.last_write_lsn),

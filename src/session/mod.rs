@@ -137,7 +137,9 @@ where
     ctx.topology.catalogs.want(database);
     let cancel = ctx.cancels.register();
     let client = ctx.clients.register(&info.peer, user, database, app, info.tls);
+    let startup_vars = params.pgsplit.clone();
     let mut session = relay::Session::new(ctx.clone(), login, client, mode, params, cancel);
+    session.apply_startup_vars(&startup_vars)?;
     let reported = session.reported_params().await.map_err(|e| match e {
         // At login every failure is final.
         Error::Pool(crate::pool::PoolError::CheckoutTimeout(_)) => {

@@ -23,6 +23,8 @@ pub struct SessionParams {
     /// What the session has now: lower-case name and the SQL that sets it.
     current: Vec<(String, String)>,
     fp: u64,
+    /// pgsplit's own variables from the startup packet (`options=-c pgsplit.consistency=...`).
+    pub pgsplit: Vec<(String, String)>,
 }
 
 /// Quotes a value as a SQL literal.
@@ -75,9 +77,14 @@ impl SessionParams {
     pub fn from_startup(params: &[(String, String)]) -> Result<Self, String> {
         let mut p = SessionParams::default();
         for (k, v) in params {
-            if k == "options" {
+            if let Some(var) = k.strip_prefix("pgsplit.") {
+                p.pgsplit.push((var.to_owned(), v.clone()));
+            } else if k == "options" {
                 for (k, v) in parse_options(v)? {
-                    p.startup_set(&k, &v);
+                    match k.strip_prefix("pgsplit.") {
+                        Some(var) => p.pgsplit.push((var.to_owned(), v)),
+                        None => p.startup_set(&k, &v),
+                    }
                 }
             } else if k == "replication" && v != "false" && v != "0" {
                 return Err("replication connections are not supported through pgsplit".into());
@@ -185,6 +192,9 @@ mod tests {
         assert_ne!(p.fingerprint(), 0);
         assert_eq!(startup(&[("user", "u")]).fingerprint(), 0);
         assert!(SessionParams::from_startup(&[("replication".into(), "true".into())]).is_err());
+        let p = startup(&[("options", "-c pgsplit.consistency=global -c work_mem=1MB")]);
+        assert_eq!(p.pgsplit, vec![("consistency".to_string(), "global".to_string())]);
+        assert_eq!(p.current().len(), 1, "pgsplit's variables are not sent to the server");
         assert!(SessionParams::from_startup(&[("options".into(), "-X".into())]).is_err());
     }
 
