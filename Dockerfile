@@ -5,6 +5,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY protocol ./protocol
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked --bin pgsplit
 
 FROM debian:bookworm-slim
