@@ -4,7 +4,8 @@ use pgsplit::router::fast::classify_fast;
 use pgsplit::router::{classify_full, Classifier};
 
 const FAST: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
-const CACHED: &str = "SELECT a.id, lower(a.name) FROM accounts a JOIN orders o ON o.account_id = a.id WHERE o.total > $1";
+const CACHED: &str =
+    "SELECT a.id, lower(a.name) FROM accounts a JOIN orders o ON o.account_id = a.id WHERE o.total > $1";
 const PARSED: &str = "WITH recent AS (SELECT account_id, sum(total) AS s FROM orders WHERE created > now() - interval '1 day' GROUP BY 1) \
                       SELECT a.id, a.name, r.s FROM accounts a JOIN recent r ON r.account_id = a.id WHERE r.s > 100 ORDER BY r.s DESC LIMIT 20";
 

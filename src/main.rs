@@ -100,11 +100,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&settings);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker runs everything on one thread, as PgBouncer does (no cross-thread wakeups);
+    // more use tokio's work-stealing scheduler.
+    let mut rt = if settings.server.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if settings.server.worker_threads > 1 {
+            b.worker_threads(settings.server.worker_threads);
+        }
+        b
+    };
     rt.enable_all();
-    if settings.server.worker_threads > 0 {
-        rt.worker_threads(settings.server.worker_threads);
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

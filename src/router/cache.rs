@@ -15,9 +15,9 @@ const MAX_CACHED_LEN: usize = 8 << 10;
 /// How a classification was obtained (for metrics and benchmarks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    Fast,
-    Cache,
-    Parse,
+    Fast = 0,
+    Cache = 1,
+    Parse = 2,
 }
 
 pub struct Classifier {

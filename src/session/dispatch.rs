@@ -151,7 +151,7 @@ impl Session {
                 Ok(None)
             }
             (Readiness::Ready, route) => {
-                crate::metrics::routed(route.target.label(), route.reason.as_str());
+                crate::metrics::routed(route.target, route.reason);
                 let node = self.backend.as_ref().map(|b| b.node).unwrap_or(0);
                 self.ctx.stats.routed(route.target, route.reason, node);
                 self.client.entry.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -262,11 +262,7 @@ impl Session {
 
     pub(super) fn classify(&self, sql: &str) -> ClassRef {
         let (c, source) = self.ctx.classifier.classify_with_source(sql);
-        crate::metrics::classified(match source {
-            crate::router::cache::Source::Fast => "fast",
-            crate::router::cache::Source::Cache => "cache",
-            crate::router::cache::Source::Parse => "parse",
-        });
+        crate::metrics::classified(source as usize);
         c
     }
 }

@@ -10,7 +10,12 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use pgsplit_protocol::framing::peek_header;
 use pgsplit_protocol::{BackendMessage, ErrorResponse, Limits, TxStatus};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::Future;
+use std::pin::Pin as StdPin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
 
 use super::effects::{finish_batch, FinishCtx};
 use super::expect::{Action, Expectations};
@@ -254,10 +259,9 @@ impl Session {
 
     /// Runs the command loop until the client leaves, then cleans up its backend connection.
     pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, io: ClientIo<S>) {
-        let ClientIo { stream, rbuf, .. } = io;
+        let ClientIo { mut stream, rbuf, .. } = io;
         self.cin = rbuf;
-        let (mut cr, mut cw) = tokio::io::split(stream);
-        let result = self.command_loop(&mut cr, &mut cw).await;
+        let result = self.command_loop(&mut stream).await;
         if let Err(e) = &result {
             if let Some(r) = e.response() {
                 r.encode(&mut self.cout);
@@ -269,18 +273,18 @@ impl Session {
             }
         }
         if !self.cout.is_empty() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cw.write_all(&self.cout)).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&self.cout)).await;
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), cw.shutdown()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.shutdown()).await;
         self.finish().await;
     }
 
-    async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(
-        &mut self,
-        cr: &mut tokio::io::ReadHalf<S>,
-        cw: &mut tokio::io::WriteHalf<S>,
-    ) -> Result<(), Error> {
+    async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(&mut self, client: &mut S) -> Result<(), Error> {
         let mut client_eof = false;
+        // One shutdown future for the whole session, not one per turn of the loop.
+        let shutdown_token = self.ctx.shutdown.clone();
+        let shutdown = shutdown_token.cancelled();
+        tokio::pin!(shutdown);
         loop {
             if !self.skip_client() {
                 self.process_client().await?;
@@ -301,31 +305,41 @@ impl Session {
             if (self.terminated || client_eof) && self.cout.is_empty() {
                 return Ok(());
             }
-            let shutdown = self.ctx.shutdown.clone();
             let read_client =
                 !client_eof && !self.terminated && self.bout.len() < HIGH_WATER && !self.skip_client_reads();
-            let ev = {
+            // Wait for whichever socket is ready first; writes go first so that what is
+            // buffered leaves before more is read.
+            let ev = std::future::poll_fn(|cx| {
                 let Session { cout, bout, cin, backend, draining, .. } = &mut *self;
-                let (mut br, mut bw, brbuf) = match backend.as_mut() {
-                    Some(b) => {
-                        let c = &mut *b.conn;
-                        let (r, w) = c.stream.split();
-                        (Some(r), Some(w), Some(&mut c.rbuf))
+                if !cout.is_empty() {
+                    if let Poll::Ready(r) = StdPin::new(&mut *client).poll_write(cx, &cout[..]) {
+                        return Poll::Ready(Event::ClientWrote(r));
                     }
-                    None => (None, None, None),
-                };
-                let has_backend = br.is_some();
-                let read_backend = has_backend && cout.len() < HIGH_WATER;
-                let write_backend = has_backend && !bout.is_empty();
-                tokio::select! {
-                    biased;
-                    r = cw.write(&cout[..]), if !cout.is_empty() => Event::ClientWrote(r),
-                    r = async { bw.as_mut().expect("backend").write(&bout[..]).await }, if write_backend => Event::BackendWrote(r),
-                    r = async { br.as_mut().expect("backend").read_buf(brbuf.expect("backend")).await }, if read_backend => Event::BackendRead(r),
-                    r = cr.read_buf(cin), if read_client => Event::ClientRead(r),
-                    _ = shutdown.cancelled(), if !*draining => Event::Shutdown,
                 }
-            };
+                if let Some(b) = backend.as_mut() {
+                    let c = &mut *b.conn;
+                    if !bout.is_empty() {
+                        if let Poll::Ready(r) = StdPin::new(&mut c.stream).poll_write(cx, &bout[..]) {
+                            return Poll::Ready(Event::BackendWrote(r));
+                        }
+                    }
+                    if cout.len() < HIGH_WATER {
+                        if let Poll::Ready(r) = poll_read_buf(StdPin::new(&mut c.stream), cx, &mut c.rbuf) {
+                            return Poll::Ready(Event::BackendRead(r));
+                        }
+                    }
+                }
+                if read_client {
+                    if let Poll::Ready(r) = poll_read_buf(StdPin::new(&mut *client), cx, cin) {
+                        return Poll::Ready(Event::ClientRead(r));
+                    }
+                }
+                if !*draining && shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Shutdown);
+                }
+                Poll::Pending
+            })
+            .await;
             match ev {
                 Event::ClientWrote(r) => {
                     let n = r.map_err(Error::ClientIo)?;
