@@ -102,13 +102,19 @@ fn main() -> ExitCode {
     init_logging(&settings);
     // One worker runs everything on one thread, as PgBouncer does (no cross-thread wakeups);
     // more use tokio's work-stealing scheduler.
-    let mut rt = if settings.server.worker_threads == 1 {
+    // Auto (0): one worker on machines of one or two cores, where the database servers need the
+    // other core; one per core on bigger machines.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let workers = match settings.server.worker_threads {
+        0 if cpus <= 2 => 1,
+        0 => cpus,
+        n => n,
+    };
+    let mut rt = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
-        if settings.server.worker_threads > 1 {
-            b.worker_threads(settings.server.worker_threads);
-        }
+        b.worker_threads(workers);
         b
     };
     rt.enable_all();

@@ -77,7 +77,7 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Largest message accepted from a client, in bytes.
     pub max_message_size: usize,
-    /// Tokio worker threads (0: one per CPU).
+    /// Tokio worker threads (0: one on machines with up to two cores, else one per core).
     pub worker_threads: usize,
 }
 
