@@ -146,6 +146,78 @@ async fn checkout_timeout_is_a_clear_error() {
     p.stop().await;
 }
 
+/// A `PQprepare` (named Parse + Sync) needs no backend connection, even when its bytes arrive
+/// in pieces while another client holds the only connection in a transaction: pgbench
+/// `-M prepared` prepares synchronously while its other clients sit in transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_arriving_in_pieces_needs_no_connection() {
+    use pgsplit_protocol::{BackendMessage, FrontendMessage};
+    let mut cfg = config();
+    cfg.pool.size = 1;
+    cfg.pool.checkout_timeout = Duration::from_millis(2000);
+    let p = Proxy::start(cfg).await;
+    let (mut s, _) = raw_login(p.addr, "app", "app", "app").await;
+    let holder = pg(&p.app_url()).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    FrontendMessage::Parse {
+        name: "pieces".into(),
+        sql: "/* pgsplit:primary */ SELECT $1::int + 1".into(),
+        param_types: vec![],
+    }
+    .encode(&mut out);
+    FrontendMessage::Sync.encode(&mut out);
+    // the Parse split mid-frame, then the rest with the Sync
+    let started = std::time::Instant::now();
+    for part in [&out[..7], &out[7..out.len() - 5], &out[out.len() - 5..]] {
+        s.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut buf = bytes::BytesMut::new();
+    let first = read_backend(&mut s, &mut buf).await.unwrap();
+    assert!(matches!(first, BackendMessage::ParseComplete), "{first:?}");
+    assert!(matches!(read_backend(&mut s, &mut buf).await.unwrap(), BackendMessage::ReadyForQuery(_)));
+    assert!(started.elapsed() < Duration::from_millis(1500), "waited for a connection: {:?}", started.elapsed());
+    holder.batch_execute("COMMIT").await.unwrap();
+    // and the statement runs once a connection is free
+    out.clear();
+    FrontendMessage::Bind(pgsplit_protocol::frontend::Bind {
+        portal: String::new(),
+        statement: "pieces".into(),
+        param_formats: vec![],
+        params: vec![Some(bytes::Bytes::from_static(b"41"))],
+        result_formats: vec![],
+    })
+    .encode(&mut out);
+    FrontendMessage::Execute { portal: String::new(), max_rows: 0 }.encode(&mut out);
+    FrontendMessage::Sync.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let mut row = None;
+    loop {
+        match read_backend(&mut s, &mut buf).await.unwrap() {
+            BackendMessage::Raw { tag: b'D', body } => row = Some(body),
+            BackendMessage::ErrorResponse(e) => panic!("{}", e.message()),
+            BackendMessage::ReadyForQuery(_) => break,
+            _ => {}
+        }
+    }
+    let row = row.expect("a row");
+    assert!(row.ends_with(b"42"), "{row:?}");
+    // a duplicate name fails like on the server, also when its Sync comes later
+    out.clear();
+    FrontendMessage::Parse { name: "pieces".into(), sql: "SELECT 2".into(), param_types: vec![] }.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    match read_backend(&mut s, &mut buf).await.unwrap() {
+        BackendMessage::ErrorResponse(e) => assert_eq!(e.code(), "42P05"),
+        m => panic!("{m:?}"),
+    }
+    out.clear();
+    FrontendMessage::Sync.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    assert!(matches!(read_backend(&mut s, &mut buf).await.unwrap(), BackendMessage::ReadyForQuery(_)));
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_mode_keeps_one_connection() {
     let mut cfg = config();

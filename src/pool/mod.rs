@@ -168,8 +168,16 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<ServerConn, PoolError> {
         let cred = self.credential.read().expect("credential lock").clone();
-        let conn =
-            ServerConn::connect(&self.key.node, &self.key.user, &self.key.database, &cred, self.connect_timeout).await;
+        // Boxed: the connect state machine is large, and every session future that may check
+        // out a connection would otherwise carry its size.
+        let conn = Box::pin(ServerConn::connect(
+            &self.key.node,
+            &self.key.user,
+            &self.key.database,
+            &cred,
+            self.connect_timeout,
+        ))
+        .await;
         match conn {
             Ok(mut c) => {
                 tracing::debug!(pool = %self.key, "backend connection opened");

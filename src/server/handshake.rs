@@ -66,7 +66,7 @@ pub async fn tcp(
     let _ = tcp.set_nodelay(true);
     let timeout = ctx.settings().server.startup_timeout;
     let max = ctx.settings().server.limits.max_startup;
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut buf = BytesMut::with_capacity(256);
     let first = loop {
         let p = match tokio::time::timeout(timeout, read_packet(&mut tcp, &mut buf, max)).await {
             Ok(r) => r,
@@ -84,8 +84,8 @@ pub async fn tcp(
                         if tcp.write_all(b"S").await.is_err() {
                             return;
                         }
-                        match acceptor.accept(tcp).await {
-                            Ok(s) => return after_tls(ctx, s, peer, permit).await,
+                        match Box::pin(acceptor.accept(tcp)).await {
+                            Ok(s) => return Box::pin(after_tls(ctx, s, peer, permit)).await,
                             Err(e) => {
                                 tracing::debug!(peer, error = %e, "TLS handshake failed");
                                 return;
@@ -178,7 +178,8 @@ async fn startup<S>(
                 let _ = s.write_all(&e.to_bytes()).await;
                 return;
             }
-            session::run(ctx, s, buf, ClientInfo { peer, tls, params }).await;
+            // Boxed so that idle connections waiting in the handshake stay small.
+            Box::pin(session::run(ctx, s, buf, ClientInfo { peer, tls, params })).await;
             drop(permit);
         }
         _ => unreachable!("encryption requests are handled before"),

@@ -21,6 +21,10 @@ use crate::statements::Statement;
 /// of the batch is buffered.
 const MAX_BATCH_LOOKAHEAD: usize = 1 << 20;
 
+/// A batch whose next frame is still arriving is held back until it is complete, as long as
+/// less than this is buffered (client reads pause at the session's high-water mark).
+const BATCH_WAIT_LIMIT: usize = 128 << 10;
+
 impl Session {
     /// Extended-protocol messages. Returns `false` when the batch has to wait for the current
     /// backend.
@@ -52,7 +56,12 @@ impl Session {
             // before sending its Sync (COPY FROM STDIN in the extended protocol does), so
             // otherwise route on the complete frames at hand and keep the rest of the batch
             // on the same backend.
-            let end = self.batch_end();
+            let (end, arriving) = self.batch_end();
+            if arriving && self.cin.len() < BATCH_WAIT_LIMIT {
+                // The rest of the batch is on its way (a frame of it is half read): route the
+                // whole batch once it is here rather than a piece of it now.
+                return Ok(false);
+            }
             if self.backend.is_none() && self.prepare_locally(end)? {
                 return Ok(true);
             }
@@ -83,53 +92,59 @@ impl Session {
     }
 
     /// Where the batch at the head of the input ends: after its Sync or Flush, or after the last
-    /// complete extended-protocol frame buffered.
-    fn batch_end(&self) -> usize {
+    /// complete extended-protocol frame buffered; and whether a frame of the batch is still
+    /// arriving (buffered only in part).
+    fn batch_end(&self) -> (usize, bool) {
         let limits = self.limits;
         let mut at = 0;
         while at < MAX_BATCH_LOOKAHEAD {
-            let Ok(Some(h)) = peek_header(&self.cin[at..], |t| limits.frontend_cap(t)) else {
-                break;
+            let h = match peek_header(&self.cin[at..], |t| limits.frontend_cap(t)) {
+                Ok(Some(h)) => h,
+                Ok(None) => return (at, at < self.cin.len()),
+                Err(_) => break,
             };
             if self.cin.len() < at + h.total {
-                break;
+                return (at, matches!(h.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H'));
             }
             match h.tag {
-                b'S' | b'H' => return at + h.total,
+                b'S' | b'H' => return (at + h.total, false),
                 b'P' | b'B' | b'D' | b'E' | b'C' => at += h.total,
                 _ => break,
             }
         }
-        at
+        (at, false)
     }
 
-    /// Answers a batch of only named Parse messages and a Sync (what libpq's `PQprepare` sends)
-    /// without a backend connection: the statements are registered for the client and prepared
-    /// on a backend when first used. Statements PostgreSQL's parser rejects still go to the
-    /// server so that the client gets the server's own error. Holding no connection here matters:
-    /// a client that prepares synchronously while its other connections hold every backend in a
-    /// transaction would otherwise wait for itself.
+    /// Answers named Parse messages followed by a Sync, a Flush or nothing yet (what libpq's
+    /// `PQprepare` and `PQsendPrepare` send) without a backend connection: the statements are
+    /// registered for the client and prepared on a backend when first used. A Sync or Flush on
+    /// its own is answered here too (the session holds no connection and no transaction).
+    /// Statements PostgreSQL's parser rejects still go to the server so that the client gets
+    /// the server's own error. Holding no connection here matters: a client that prepares
+    /// synchronously while its other connections hold every backend in a transaction would
+    /// otherwise wait for itself.
     fn prepare_locally(&mut self, end: usize) -> Result<bool, Error> {
         if self.tx != TxStatus::Idle || end == 0 {
             return Ok(false);
         }
         let mut parses = Vec::new();
-        let mut ends_with_sync = false;
+        let mut terminator = None;
         let mut eligible = true;
         self.frames(end, |tag, body| {
             match tag {
-                b'P' if !ends_with_sync => match FrontendMessage::decode(tag, body).map_err(protocol)? {
+                _ if terminator.is_some() => eligible = false,
+                b'P' => match FrontendMessage::decode(tag, body).map_err(protocol)? {
                     FrontendMessage::Parse { name, sql, param_types } if !name.is_empty() => {
                         parses.push((name, sql, param_types))
                     }
                     _ => eligible = false,
                 },
-                b'S' => ends_with_sync = true,
+                b'S' | b'H' => terminator = Some(tag),
                 _ => eligible = false,
             }
             Ok(())
         })?;
-        if !eligible || !ends_with_sync || parses.is_empty() {
+        if !eligible {
             return Ok(false);
         }
         let mut stmts = Vec::with_capacity(parses.len());
@@ -149,12 +164,16 @@ impl Session {
                     format!("prepared statement \"{name}\" already exists"),
                 );
                 self.report(&e);
+                // like the server: the rest of the batch is skipped up to its Sync
+                self.skip_until_sync = terminator != Some(b'S');
                 break;
             }
             self.statements.insert(name, stmt);
             pgsplit_protocol::backend::encode_empty(&mut self.cout, b'1');
         }
-        encode_ready(&mut self.cout, self.tx);
+        if terminator == Some(b'S') {
+            encode_ready(&mut self.cout, self.tx);
+        }
         Ok(true)
     }
 

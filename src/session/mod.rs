@@ -53,11 +53,12 @@ where
         let mut io = io::ClientIo::new(stream, rbuf, ctx.settings().server.limits);
         let timeout = ctx.settings().server.startup_timeout;
         if database == console::CONSOLE_DATABASE {
-            let login = tokio::time::timeout(timeout, auth::authenticate(&mut io, &ctx, &user, &database)).await;
+            let login =
+                tokio::time::timeout(timeout, Box::pin(auth::authenticate(&mut io, &ctx, &user, &database))).await;
             let result = match login {
                 Err(_) => Err(Error::StartupTimeout),
                 Ok(Err(e)) => Err(e),
-                Ok(Ok(_)) => console::serve(&ctx, &mut io, &user).await,
+                Ok(Ok(_)) => Box::pin(console::serve(&ctx, &mut io, &user)).await,
             };
             if let Err(e) = result {
                 if let Some(r) = e.response() {
@@ -67,7 +68,7 @@ where
             crate::metrics::client_disconnected();
             return;
         }
-        let started = tokio::time::timeout(timeout, startup(&ctx, &mut io, &info, &user, &database)).await;
+        let started = tokio::time::timeout(timeout, Box::pin(startup(&ctx, &mut io, &info, &user, &database))).await;
         let result: Result<(), Error> = match started {
             Err(_) => Err(Error::StartupTimeout),
             Ok(Err(e)) => Err(e),
