@@ -137,11 +137,13 @@ impl Session {
     /// another node; try again when it is done. A replica that cannot be reached is reported
     /// and the read goes to the primary instead.
     pub(super) async fn attach_for(&mut self, route: Route) -> Result<Option<Route>, Error> {
-        let result = match self.attach(route.target).await {
+        // Boxed: checking out and syncing a connection is a large state machine, and every
+        // idle session would otherwise carry its size.
+        let result = match Box::pin(self.attach(route.target)).await {
             Err(Error::Pool(e)) if matches!(route.target, Target::Replica(_)) && e.is_connection_failure() => {
                 tracing::warn!(error = %e, "replica unreachable; sending the read to the primary");
                 let fallback = Route { target: Target::Primary, reason: Reason::NoReplica };
-                self.attach(Target::Primary).await.map(|r| (r, fallback))
+                Box::pin(self.attach(Target::Primary)).await.map(|r| (r, fallback))
             }
             r => r.map(|r| (r, route)),
         };
@@ -186,7 +188,7 @@ impl Session {
                 return Ok(false);
             }
             self.cin.advance(h.total);
-            self.run_command(cmd).await;
+            Box::pin(self.run_command(cmd)).await;
             return Ok(true);
         }
         let class = match std::str::from_utf8(sql) {
@@ -194,7 +196,7 @@ impl Session {
             Err(_) => Arc::new(Class::new(Need::ParseError)),
         };
         if let Some(sp) = class.sql_prepared.clone() {
-            if let Some(done) = self.sql_prepared(h, sp).await? {
+            if let Some(done) = Box::pin(self.sql_prepared(h, sp)).await? {
                 return Ok(done);
             }
         }

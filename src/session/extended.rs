@@ -65,8 +65,11 @@ impl Session {
             if self.backend.is_none() && self.prepare_locally(end)? {
                 return Ok(true);
             }
-            let class = self.batch_class(end)?;
-            let route = self.decide(&class);
+            let (route, ddl, wrote) = {
+                let class = self.batch_class(end)?;
+                let route = self.decide(&class);
+                (route, class.ddl, route.may_write(&class))
+            };
             let route = match self.attach_for(route).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(false),
@@ -83,8 +86,8 @@ impl Session {
                 self.arm_retry(route.target, BytesMut::new(), true);
             }
             self.batch_open = true;
-            self.batch_ddl = class.ddl;
-            self.batch_wrote = route.may_write(&class);
+            self.batch_ddl = ddl;
+            self.batch_wrote = wrote;
             self.batch_started = Some((Instant::now(), route.target.label()));
         }
         self.forward_extended(h)?;

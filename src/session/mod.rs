@@ -104,7 +104,7 @@ async fn startup<S>(
     info: &ClientInfo,
     user: &str,
     database: &str,
-) -> Result<relay::Session, Error>
+) -> Result<Box<relay::Session>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -139,7 +139,8 @@ where
     let cancel = ctx.cancels.register();
     let client = ctx.clients.register(&info.peer, user, database, app, info.tls);
     let startup_vars = params.pgsplit.clone();
-    let mut session = relay::Session::new(ctx.clone(), login, client, mode, params, cancel);
+    // Boxed so that the session's state sits in the task once, not copied into each future that moves it.
+    let mut session = Box::new(relay::Session::new(ctx.clone(), login, client, mode, params, cancel));
     session.apply_startup_vars(&startup_vars)?;
     let reported = session.reported_params().await.map_err(|e| match e {
         // At login every failure is final.

@@ -37,6 +37,9 @@ use crate::statements::Statement;
 /// Stop reading a side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 << 10;
 
+/// Buffers larger than this are given back when a session goes idle.
+const IDLE_BUFFER_KEEP: usize = 16 << 10;
+
 /// The backend connection a session holds.
 pub(super) struct Backend {
     pub conn: PooledConn,
@@ -198,9 +201,11 @@ impl Session {
             mode,
             cancel,
             limits,
-            cin: BytesMut::with_capacity(8192),
-            cout: BytesMut::with_capacity(8192),
-            bout: BytesMut::with_capacity(8192),
+            // Grown on demand and let go when idle (see `shrink_idle_buffers`), so that idle
+            // sessions cost little; `cin` becomes the login's read buffer.
+            cin: BytesMut::new(),
+            cout: BytesMut::new(),
+            bout: BytesMut::new(),
             backend: None,
             parked: Vec::new(),
             blocked: false,
@@ -258,7 +263,7 @@ impl Session {
     }
 
     /// Runs the command loop until the client leaves, then cleans up its backend connection.
-    pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, io: ClientIo<S>) {
+    pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self: Box<Self>, io: ClientIo<S>) {
         let ClientIo { mut stream, rbuf, .. } = io;
         self.cin = rbuf;
         let result = self.command_loop(&mut stream).await;
@@ -276,7 +281,7 @@ impl Session {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&self.cout)).await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.shutdown()).await;
-        self.finish().await;
+        Box::pin(self.finish()).await;
     }
 
     async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(&mut self, client: &mut S) -> Result<(), Error> {
@@ -291,11 +296,12 @@ impl Session {
             }
             self.process_backend()?;
             if let Some(why) = self.retry_due.take() {
-                self.retry_now(&why).await;
+                Box::pin(self.retry_now(&why)).await;
                 continue;
             }
             if self.releasable() {
                 self.release().await;
+                self.shrink_idle_buffers();
             } else if self.backend.is_some() && self.batches.is_empty() && self.tx == TxStatus::Idle {
                 tracing::trace!(batch_open = self.batch_open, expect = ?self.expect, pins = ?self.pins, bout = self.bout.len(), "holding backend while idle");
             }
@@ -353,7 +359,7 @@ impl Session {
                     if !matches!(r, Ok(n) if n > 0) {
                         self.backend_lost();
                         if self.retry.as_ref().is_some_and(|r| !r.open) {
-                            self.retry_now("connection lost").await;
+                            Box::pin(self.retry_now("connection lost")).await;
                             continue;
                         }
                         return Err(Error::BackendLost);
@@ -374,6 +380,16 @@ impl Session {
 
     /// Client frames are held back while the backend is still busy with a batch that a new
     /// batch may not follow on the same connection.
+    /// An idle session keeps no large buffers: after a big result or COPY they go back to
+    /// the allocator instead of staying with the client for the rest of its session.
+    fn shrink_idle_buffers(&mut self) {
+        for buf in [&mut self.cin, &mut self.cout, &mut self.bout] {
+            if buf.is_empty() && buf.capacity() > IDLE_BUFFER_KEEP {
+                *buf = BytesMut::new();
+            }
+        }
+    }
+
     fn skip_client(&self) -> bool {
         self.terminated
     }
