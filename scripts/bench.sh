@@ -277,7 +277,7 @@ try:
 except Exception: pass
 lines = []
 lines.append(f"Measured {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {os.cpu_count()} cores ({cpu_model}), "
-             f"PostgreSQL {subprocess.run(['psql','--version'],capture_output=True,text=True).stdout.split()[-1]}, primary + 2 replicas on the same machine.")
+             f"PostgreSQL {subprocess.run(['psql','--version'],capture_output=True,text=True).stdout.split()[2]}, primary + 2 replicas on the same machine.")
 lines.append("")
 lines.append(f"Command: `{cmd}`")
 lines.append("")

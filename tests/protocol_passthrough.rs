@@ -277,3 +277,96 @@ async fn startup_parameters_and_sets_hold_on_every_backend() {
     assert_eq!(v, "myapp");
     p.stop().await;
 }
+
+async fn show(c: &tokio_postgres::Client, var: &str) -> String {
+    c.query_one(&format!("SHOW pgsplit.{var}"), &[]).await.unwrap().get(0)
+}
+
+/// pgsplit's own commands work in the extended protocol as drivers send them (tokio-postgres
+/// and sqlx: named statements, cached or not; the unnamed statement), in both pool modes; a
+/// batch that mixes them with statements for the server is refused with a clear error, and the
+/// session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgsplit_commands_in_the_extended_protocol() {
+    use pgsplit_protocol::{BackendMessage, FrontendMessage};
+    use tokio::io::AsyncWriteExt;
+    for mode in ["transaction", "session"] {
+        let mut cfg = config();
+        cfg.pool.mode = mode.into();
+        let p = Proxy::start(cfg).await;
+        let c = pg(&p.app_url()).await;
+        assert_eq!(show(&c, "consistency").await, "session", "{mode}");
+        assert_eq!(c.execute("SET pgsplit.consistency = 'global'", &[]).await.unwrap(), 0);
+        assert_eq!(show(&c, "consistency").await, "global", "{mode}");
+        let two: i32 = c.query_one("SELECT 1 + 1", &[]).await.unwrap().get(0);
+        assert_eq!(two, 2);
+        // a prepared SHOW, run twice, sees the change made between
+        let st = c.prepare("SHOW pgsplit.min_lsn").await.unwrap();
+        assert_eq!(c.query_one(&st, &[]).await.unwrap().get::<_, String>(0), "0/0");
+        c.execute("SET pgsplit.min_lsn = '0/10'", &[]).await.unwrap();
+        assert_eq!(c.query_one(&st, &[]).await.unwrap().get::<_, String>(0), "0/10");
+        c.execute("RESET pgsplit.min_lsn", &[]).await.unwrap();
+        // a write's position, read in the extended protocol
+        let t = unique("ext_cmd");
+        c.execute(&format!("CREATE TABLE {t} (a int)"), &[]).await.unwrap();
+        c.execute(&format!("INSERT INTO {t} VALUES ($1)"), &[&1i32]).await.unwrap();
+        assert_ne!(show(&c, "last_write_lsn").await, "0/0", "{mode}");
+        // errors are the command's own, and the session goes on
+        let e = c.execute("SET pgsplit.min_lsn = 'nonsense'", &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "22P02", "{e}");
+        let e = c.execute("SET pgsplit.consistency = 'sometimes'", &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "22023", "{e}");
+        let e = c.query("SHOW pgsplit.no_such_thing", &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42704", "{e}");
+        assert_eq!(c.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0), 3);
+
+        // sqlx: cached named statements and the unnamed one
+        let mut conn = sqlx::PgConnection::connect(&p.app_url()).await.unwrap();
+        for _ in 0..2 {
+            let v: String = sqlx::query_scalar("SHOW pgsplit.consistency").fetch_one(&mut conn).await.unwrap();
+            assert_eq!(v, "session");
+        }
+        sqlx::query("SET pgsplit.consistency = 'time'").execute(&mut conn).await.unwrap();
+        let v: String =
+            sqlx::query_scalar("SHOW pgsplit.consistency").persistent(false).fetch_one(&mut conn).await.unwrap();
+        assert_eq!(v, "time");
+        let n: i32 = sqlx::query_scalar("SELECT $1::int4").bind(5i32).fetch_one(&mut conn).await.unwrap();
+        assert_eq!(n, 5);
+
+        // a batch mixing a pgsplit command with a server statement
+        let (mut s, _) = raw_login(p.addr, "app", "app", "app").await;
+        let mut out = bytes::BytesMut::new();
+        for sql in ["SELECT 1", "SHOW pgsplit.consistency"] {
+            FrontendMessage::Parse { name: String::new(), sql: sql.into(), param_types: vec![] }.encode(&mut out);
+            FrontendMessage::Bind(pgsplit_protocol::frontend::Bind {
+                portal: String::new(),
+                statement: String::new(),
+                param_formats: vec![],
+                params: vec![],
+                result_formats: vec![],
+            })
+            .encode(&mut out);
+            FrontendMessage::Execute { portal: String::new(), max_rows: 0 }.encode(&mut out);
+        }
+        FrontendMessage::Sync.encode(&mut out);
+        FrontendMessage::Query { sql: "SELECT 'after'".into() }.encode(&mut out);
+        s.write_all(&out).await.unwrap();
+        let mut buf = bytes::BytesMut::new();
+        match read_backend(&mut s, &mut buf).await.unwrap() {
+            BackendMessage::ErrorResponse(e) => assert_eq!(e.code(), "0A000", "{}", e.message()),
+            m => panic!("{m:?}"),
+        }
+        assert!(matches!(read_backend(&mut s, &mut buf).await.unwrap(), BackendMessage::ReadyForQuery(_)));
+        let mut row = None;
+        loop {
+            match read_backend(&mut s, &mut buf).await.unwrap() {
+                BackendMessage::Raw { tag: b'D', body } => row = Some(body),
+                BackendMessage::ReadyForQuery(_) => break,
+                BackendMessage::ErrorResponse(e) => panic!("{}", e.message()),
+                _ => {}
+            }
+        }
+        assert!(row.expect("a row").ends_with(b"after"));
+        p.stop().await;
+    }
+}

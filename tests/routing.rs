@@ -31,6 +31,17 @@ struct Fixture {
     unlogged: String,
     volatile_fn: String,
     stable_fn: String,
+    /// An operator backed by a volatile function.
+    volatile_op: String,
+}
+
+/// A unique operator name (operators are made of symbols, not letters).
+fn unique_operator() -> String {
+    const SYMBOLS: &[u8] = b"~!@#%^&|`?";
+    let id = unique("");
+    let symbols: String =
+        id.chars().filter(char::is_ascii_digit).map(|d| SYMBOLS[d as usize - '0' as usize] as char).collect();
+    format!("@{symbols}")
 }
 
 async fn fixture() -> Fixture {
@@ -41,6 +52,7 @@ async fn fixture() -> Fixture {
         unlogged: unique("rt_unlogged"),
         volatile_fn: unique("rt_volatile"),
         stable_fn: unique("rt_stable"),
+        volatile_op: unique_operator(),
     };
     let admin = primary_admin().await;
     admin
@@ -51,13 +63,16 @@ async fn fixture() -> Fixture {
              CREATE UNLOGGED TABLE {unlogged} (a int); INSERT INTO {unlogged} VALUES (1);
              CREATE FUNCTION {vf}() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 1';
              CREATE FUNCTION {sf}() RETURNS int STABLE LANGUAGE sql AS 'SELECT 1';
+             CREATE FUNCTION {vf}(int, int) RETURNS int VOLATILE LANGUAGE sql AS 'SELECT $1 + $2';
+             CREATE OPERATOR {op} (LEFTARG = int, RIGHTARG = int, FUNCTION = {vf});
              GRANT ALL ON {t}, {seq}, {view}, {unlogged} TO app;",
             t = f.t,
             seq = f.seq,
             view = f.view,
             unlogged = f.unlogged,
             vf = f.volatile_fn,
-            sf = f.stable_fn
+            sf = f.stable_fn,
+            op = f.volatile_op
         ))
         .await
         .unwrap();
@@ -112,6 +127,8 @@ async fn statements_run_where_the_contract_says() {
             true,
         ),
         (format!("SELECT inet_server_port(), {}()", f.volatile_fn), On::Primary, true),
+        (format!("SELECT inet_server_port() {} 0", f.volatile_op), On::Primary, true),
+        ("SELECT inet_server_port() + 0".into(), On::Replica, true),
         (format!("SELECT inet_server_port() FROM {}", f.unlogged), On::Primary, true),
         ("SELECT inet_server_port() FROM pg_class LIMIT 1".into(), On::Primary, true),
         ("/* pgsplit:primary */ SELECT inet_server_port()".into(), On::Primary, true),

@@ -60,6 +60,9 @@ impl SqlState {
     pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
     pub const SYNTAX_ERROR: SqlState = SqlState("42601");
     pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
+    pub const INVALID_TEXT_REPRESENTATION: SqlState = SqlState("22P02");
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    pub const CANT_CHANGE_RUNTIME_PARAM: SqlState = SqlState("55P02");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
 
     pub fn code(&self) -> &'static str {

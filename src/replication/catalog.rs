@@ -1,5 +1,6 @@
 //! What the primary's catalog says that routing needs: the volatility of every function
-//! (`pg_proc.provolatile`) and the unlogged relations, per database. Loaded by the monitor for
+//! (`pg_proc.provolatile`), the operators backed by volatile functions, and the unlogged
+//! relations, per database. Loaded by the monitor for
 //! the databases clients use, refreshed periodically and right after DDL through pgsplit.
 
 use std::collections::{HashMap, HashSet};
@@ -15,6 +16,8 @@ pub struct Catalog {
     /// Function name (lower case, unqualified) → the most volatile of its overloads:
     /// `i`mmutable, `s`table or `v`olatile.
     pub functions: HashMap<String, u8>,
+    /// Operators (by name) of which some overload runs a volatile function.
+    pub volatile_operators: HashSet<String>,
     /// Unlogged tables, materialized views and partitioned tables (lower case, unqualified).
     pub unlogged: HashSet<String>,
     pub loaded_at: Option<Instant>,
@@ -83,6 +86,12 @@ pub(crate) async fn load(conn: &mut sqlx::PgConnection) -> Result<Catalog, sqlx:
         sqlx::query_as("SELECT lower(proname::text), max(provolatile::text) FROM pg_catalog.pg_proc GROUP BY 1")
             .fetch_all(&mut *conn)
             .await?;
+    let operators: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o \
+         JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode WHERE p.provolatile = 'v'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let unlogged: Vec<(String,)> = sqlx::query_as(
         "SELECT lower(relname::text) FROM pg_catalog.pg_class WHERE relpersistence = 'u' AND relkind IN ('r', 'p', 'm')",
     )
@@ -90,6 +99,7 @@ pub(crate) async fn load(conn: &mut sqlx::PgConnection) -> Result<Catalog, sqlx:
     .await?;
     Ok(Catalog {
         functions: functions.into_iter().map(|(n, v)| (n, v.bytes().next().unwrap_or(b'v'))).collect(),
+        volatile_operators: operators.into_iter().map(|(n,)| n).collect(),
         unlogged: unlogged.into_iter().map(|(n,)| n).collect(),
         loaded_at: Some(Instant::now()),
     })

@@ -50,6 +50,8 @@ pub fn classify_full(sql: &str) -> Class {
     class.hint = find_hint(sql);
     class.functions.sort();
     class.functions.dedup();
+    class.operators.sort();
+    class.operators.dedup();
     class.relations.sort();
     class.relations.dedup();
     class
@@ -221,6 +223,7 @@ fn merge(into: &mut Class, from: Class) {
     into.require(from.need);
     into.effects.extend(from.effects);
     into.functions.extend(from.functions);
+    into.operators.extend(from.operators);
     into.relations.extend(from.relations);
     into.catalog |= from.catalog;
 }
@@ -357,6 +360,11 @@ fn walk(v: &Value, class: &mut Class, depth: usize) {
                     "locking_clause" if child.as_array().is_some_and(|a| !a.is_empty()) => class.require(Need::Locking),
                     "into_clause" if !child.is_null() => class.require(Need::SelectInto),
                     "FuncCall" => func_call(child, class),
+                    // explicit operators; `name` of an A_Expr, `use_op` of ORDER BY ... USING,
+                    // `oper_name` of `x op ANY (SELECT ...)`
+                    "A_Expr" | "AExpr" => operator(child.get("name"), class),
+                    "SortBy" => operator(child.get("use_op"), class),
+                    "SubLink" => operator(child.get("oper_name"), class),
                     _ => {}
                 }
                 walk(child, class, depth + 1);
@@ -423,6 +431,17 @@ fn func_call(v: &Value, class: &mut Class) {
             functions::apply(k, &mut class.need, &mut class.effects);
         }
         None => class.functions.push(name),
+    }
+}
+
+/// Records an operator from its (possibly schema-qualified) name list. Keyword forms
+/// (`BETWEEN`, `IN`, ...) compare with the type's default operators and are not recorded.
+fn operator(names: Option<&Value>, class: &mut Class) {
+    let Some(op) = names.and_then(Value::as_array).and_then(|a| a.last()).and_then(sval) else {
+        return;
+    };
+    if !op.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        class.operators.push(op.to_owned());
     }
 }
 

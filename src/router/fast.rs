@@ -11,7 +11,8 @@
 use super::{Class, Need, TxControl};
 
 /// Words that, after `SELECT`, make the fast path give up.
-const SELECT_STOP: &[&str] = &["into", "for", "with", "union", "table", "pg_temp", "information_schema", "lateral"];
+const SELECT_STOP: &[&str] =
+    &["into", "for", "with", "union", "table", "pg_temp", "information_schema", "lateral", "similar"];
 
 /// Substrings that make a write need the full parse (session effects hide in function calls).
 const WRITE_STOP: &[&str] = &["currval", "lastval", "set_config", "advisory", "pg_temp", "with", "temp"];
@@ -28,9 +29,22 @@ fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
-/// Lower-case words of `sql` outside string literals and quoted identifiers, or `None` when
-/// the text has something the fast path does not handle.
-fn words(sql: &str, mut f: impl FnMut(&str) -> bool) -> Option<()> {
+/// Characters PostgreSQL operators are made of.
+fn is_operator_char(b: u8) -> bool {
+    b"+-*/<>=~!@#%^&|`?".contains(&b)
+}
+
+/// A lexical token the fast path looks at.
+enum Token<'a> {
+    /// A word, lower-cased.
+    Word(&'a str),
+    /// A run of operator characters (or `*`, which might be one).
+    Operator(&'a str),
+}
+
+/// Words and operators of `sql` outside string literals and quoted identifiers, or `None`
+/// when the text has something the fast path does not handle (or `f` says stop).
+fn tokens(sql: &str, mut f: impl FnMut(Token<'_>) -> bool) -> Option<()> {
     let b = sql.as_bytes();
     let mut i = 0;
     let mut word = String::new();
@@ -44,7 +58,25 @@ fn words(sql: &str, mut f: impl FnMut(&str) -> bool) -> Option<()> {
             word.clear();
             word.push_str(&sql[start..i]);
             word.make_ascii_lowercase();
-            if !f(&word) {
+            if !f(Token::Word(&word)) {
+                return None;
+            }
+            continue;
+        }
+        if is_operator_char(c) && c != b'-' && c != b'/' {
+            let start = i;
+            while i < b.len() && is_operator_char(b[i]) {
+                i += 1;
+            }
+            let op = &sql[start..i];
+            // A run with `-` or `/` may hold a comment or a sign, and one ending in `+` lexes as
+            // two operators: leave those to the parser, so that the operators recorded here
+            // are the ones PostgreSQL sees.
+            if op.contains(['-', '/']) || (op.len() > 1 && op.ends_with('+')) {
+                return None;
+            }
+            let op = if op == "!=" { "<>" } else { op };
+            if !f(Token::Operator(op)) {
                 return None;
             }
             continue;
@@ -78,16 +110,36 @@ pub fn classify_fast(sql: &str) -> Option<Class> {
     let first = &s[..first_end];
     if first.eq_ignore_ascii_case("select") {
         let mut relations = Vec::new();
+        let mut operators: Vec<String> = Vec::new();
         let mut ok = true;
-        words(&s[first_end..], |w| {
-            if SELECT_STOP.contains(&w) || w.starts_with("pg_") {
-                ok = false;
-                return false;
+        tokens(&s[first_end..], |t| match t {
+            Token::Word(w) => {
+                if SELECT_STOP.contains(&w) || w.starts_with("pg_") {
+                    ok = false;
+                    return false;
+                }
+                if !KEYWORDS.contains(&w) && !w.as_bytes()[0].is_ascii_digit() {
+                    relations.push(w.to_owned());
+                }
+                // the operators PostgreSQL turns these keywords into
+                let ops: &[&str] = match w {
+                    "like" => &["~~", "!~~"],
+                    "ilike" => &["~~*", "!~~*"],
+                    _ => &[],
+                };
+                for op in ops {
+                    if !operators.iter().any(|o| o == op) {
+                        operators.push((*op).to_owned());
+                    }
+                }
+                true
             }
-            if !KEYWORDS.contains(&w) && !w.as_bytes()[0].is_ascii_digit() {
-                relations.push(w.to_owned());
+            Token::Operator(op) => {
+                if !operators.iter().any(|o| o == op) {
+                    operators.push(op.to_owned());
+                }
+                true
             }
-            true
         })?;
         if !ok {
             return None;
@@ -96,6 +148,8 @@ pub fn classify_fast(sql: &str) -> Option<Class> {
         relations.dedup();
         let mut c = Class::new(Need::Read);
         c.relations = relations;
+        operators.sort();
+        c.operators = operators;
         return Some(c);
     }
     if ["insert", "update", "delete"].iter().any(|k| first.eq_ignore_ascii_case(k)) {

@@ -177,6 +177,9 @@ pub struct Class {
     /// Functions whose volatility decides the route (not in pgsplit's built-in tables),
     /// lower-case, unqualified.
     pub functions: Vec<String>,
+    /// Operators written in the text (`=`, `@@`, ...), sorted: one backed by a volatile
+    /// function makes the batch a write, as the function itself would.
+    pub operators: Vec<String>,
     /// Relations read (lower-case, unqualified), for the unlogged-table check.
     pub relations: Vec<String>,
     pub hint: Option<Hint>,
@@ -212,6 +215,7 @@ impl Class {
             tx: None,
             effects: Vec::new(),
             functions: Vec::new(),
+            operators: Vec::new(),
             relations: Vec::new(),
             hint: None,
             ddl: false,

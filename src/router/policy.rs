@@ -225,6 +225,15 @@ pub fn route(
             None => return Route::primary(Reason::UnknownFunction),
         }
     }
+    if !class.operators.is_empty() {
+        match catalog {
+            None => return Route::primary(Reason::CatalogNotLoaded),
+            Some(c) if class.operators.iter().any(|o| c.volatile_operators.contains(o)) => {
+                return Route::primary(Reason::VolatileFunction)
+            }
+            Some(_) => {}
+        }
+    }
     if !class.relations.is_empty() {
         match catalog {
             None => return Route::primary(Reason::CatalogNotLoaded),

@@ -249,6 +249,13 @@ fn fast_path_agrees_with_full_parse() {
         "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x",
         "select*from t",
         "SELECT 'unterminated",
+        "SELECT a FROM t WHERE b != 1 AND c >= 2 AND d <> 3",
+        "SELECT a FROM t WHERE b=+1",
+        "SELECT a FROM t WHERE b<-1",
+        "SELECT a FROM t WHERE b ==> 1 AND c ~~* 'x'",
+        "SELECT a FROM t WHERE b BETWEEN 1 AND 2 AND c LIKE 'x%'",
+        "SELECT a FROM t ORDER BY a USING >",
+        "SELECT a FROM t WHERE b NOT ILIKE 'x' AND c SIMILAR TO 'y'",
     ];
     for sql in corpus {
         let full = classify_full(sql);
@@ -259,6 +266,9 @@ fn fast_path_agrees_with_full_parse() {
             assert_eq!(fast.hint, full.hint, "{sql}");
             assert!(full.functions.is_empty(), "{sql}: fast path must not skip functions");
             if full.is_read() {
+                for o in &full.operators {
+                    assert!(fast.operators.contains(o), "{sql}: fast path lost operator {o}");
+                }
                 for r in &full.relations {
                     assert!(fast.relations.contains(r), "{sql}: fast path lost relation {r}");
                 }
@@ -309,6 +319,7 @@ mod policy_table {
             c.functions.insert(f.into(), v);
         }
         c.unlogged.insert("scratch".into());
+        c.volatile_operators.insert("==>".into());
         c
     }
 
@@ -342,6 +353,11 @@ mod policy_table {
             ("INSERT INTO t VALUES (1)", IDLE, &TWO[..], Target::Primary, Reason::Needs(Need::Write)),
             ("SELECT my_volatile_fn()", IDLE, &TWO[..], Target::Primary, Reason::VolatileFunction),
             ("SELECT no_such_fn()", IDLE, &TWO[..], Target::Primary, Reason::UnknownFunction),
+            ("SELECT a ==> b FROM t", IDLE, &TWO[..], Target::Primary, Reason::VolatileFunction),
+            ("SELECT * FROM t ORDER BY a USING ==>", IDLE, &TWO[..], Target::Primary, Reason::VolatileFunction),
+            ("SELECT 1 WHERE 2 ==> ANY (SELECT 3)", IDLE, &TWO[..], Target::Primary, Reason::VolatileFunction),
+            ("SELECT a OPERATOR(public.==>) b FROM t", IDLE, &TWO[..], Target::Primary, Reason::VolatileFunction),
+            ("SELECT a = b, a @@ b FROM t", IDLE, &TWO[..], Target::Replica(1), Reason::Read),
             ("SELECT * FROM scratch", IDLE, &TWO[..], Target::Primary, Reason::UnloggedTable),
             ("SELECT * FROM pg_class", IDLE, &TWO[..], Target::Primary, Reason::Catalog),
             ("SELECT 1 /* pgsplit:primary */", IDLE, &TWO[..], Target::Primary, Reason::HintPrimary),
@@ -383,8 +399,15 @@ mod policy_table {
             assert_eq!((r.target, r.reason), (target, reason), "{sql}");
         }
         // without the catalog, anything that needs it waits on the primary
-        let r = route(&classify_full("SELECT lower('A')"), &IDLE, &TWO, None, &cfg(), 0);
-        assert_eq!(r.reason, Reason::CatalogNotLoaded);
+        for sql in ["SELECT lower('A')", "SELECT 1 + 1"] {
+            let r = route(&classify_full(sql), &IDLE, &TWO, None, &cfg(), 0);
+            assert_eq!(r.reason, Reason::CatalogNotLoaded, "{sql}");
+        }
+        // the fast path sees the operators the parser sees
+        let fast = classify_fast("SELECT a FROM t WHERE b ==> 1").unwrap();
+        assert_eq!(fast.operators, ["==>"]);
+        let r = route(&fast, &IDLE, &TWO, Some(&catalog()), &cfg(), 0);
+        assert_eq!(r.reason, Reason::VolatileFunction);
         // primary_functions forces a function to the primary
         let c = RoutingConfig { primary_functions: vec!["my_stable_fn".into()], ..Default::default() };
         let r = route(

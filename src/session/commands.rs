@@ -1,4 +1,5 @@
-//! pgsplit's own session variables, answered by the proxy (simple protocol):
+//! pgsplit's own session variables, answered by the proxy (the simple protocol here, the
+//! extended one in [`super::local`]):
 //!
 //! * `SHOW pgsplit.last_write_lsn` — a WAL position at or after the session's last write;
 //! * `SET pgsplit.min_lsn = 'X/Y'` / `RESET pgsplit.min_lsn` — reads need a replica that has
@@ -81,10 +82,7 @@ impl Session {
                 encode_data_row(&mut self.cout, &[Some(&value)]);
                 encode_command_complete(&mut self.cout, "SHOW");
             }
-            Err(msg) => {
-                let code = if msg.starts_with("syntax") { SqlState::SYNTAX_ERROR } else { SqlState::UNDEFINED_OBJECT };
-                self.report(&ErrorResponse::error(code, msg));
-            }
+            Err(msg) => self.report(&command_error(msg)),
         }
         encode_ready(&mut self.cout, self.tx);
     }
@@ -110,7 +108,7 @@ impl Session {
     }
 
     /// `Ok(Some(..))`: a value to show; `Ok(None)`: a setting was changed.
-    fn apply_command(&mut self, c: Command) -> Result<Option<(Var, String)>, String> {
+    pub(super) fn apply_command(&mut self, c: Command) -> Result<Option<(Var, String)>, String> {
         match c {
             Command::Show(v) => Ok(Some((v, self.show(v)))),
             Command::Reset(Var::MinLsn) => {
@@ -138,7 +136,7 @@ impl Session {
 
     /// If the session's last write is not placed yet, waits for the monitor round that places
     /// it (one `monitor.interval`, bounded).
-    async fn wait_for_write_lsn(&mut self) {
+    pub(super) async fn wait_for_write_lsn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(3);
         while self.writes.pending.is_some() && Instant::now() < deadline {
             let snap = self.ctx.topology.snapshot();
@@ -151,7 +149,23 @@ impl Session {
     }
 }
 
-fn var_name(v: Var) -> &'static str {
+/// The error for a pgsplit command that failed.
+pub(super) fn command_error(msg: String) -> ErrorResponse {
+    let code = if msg.starts_with("syntax") {
+        SqlState::SYNTAX_ERROR
+    } else if msg.starts_with("unrecognized") {
+        SqlState::UNDEFINED_OBJECT
+    } else if msg.starts_with("invalid input syntax") {
+        SqlState::INVALID_TEXT_REPRESENTATION
+    } else if msg.contains("cannot be changed") {
+        SqlState::CANT_CHANGE_RUNTIME_PARAM
+    } else {
+        SqlState::INVALID_PARAMETER_VALUE
+    };
+    ErrorResponse::error(code, msg)
+}
+
+pub(super) fn var_name(v: Var) -> &'static str {
     match v {
         Var::LastWriteLsn => "pgsplit.last_write_lsn",
         Var::MinLsn => "pgsplit.min_lsn",

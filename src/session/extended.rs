@@ -62,6 +62,11 @@ impl Session {
                 // whole batch once it is here rather than a piece of it now.
                 return Ok(false);
             }
+            if self.may_be_local(end) {
+                if let Some(done) = Box::pin(self.local_batch(end)).await? {
+                    return Ok(done);
+                }
+            }
             if self.backend.is_none() && self.prepare_locally(end)? {
                 return Ok(true);
             }
@@ -161,7 +166,7 @@ impl Session {
         }
         self.cin.advance(end);
         for (name, stmt) in stmts {
-            if self.statements.contains_key(&name) {
+            if self.statements.contains_key(&name) || self.has_local_statement(&name) {
                 let e = ErrorResponse::error(
                     SqlState::DUPLICATE_PREPARED_STATEMENT,
                     format!("prepared statement \"{name}\" already exists"),
@@ -181,7 +186,7 @@ impl Session {
     }
 
     /// Calls `f` with the tag and body of each frame in `cin[..end]`.
-    fn frames(&self, end: usize, mut f: impl FnMut(u8, &[u8]) -> Result<(), Error>) -> Result<(), Error> {
+    pub(super) fn frames(&self, end: usize, mut f: impl FnMut(u8, &[u8]) -> Result<(), Error>) -> Result<(), Error> {
         let limits = self.limits;
         let mut at = 0;
         while at < end {
@@ -208,6 +213,7 @@ impl Session {
             class.tx = class.tx.or(c.tx);
             class.ddl |= c.ddl;
             class.functions.extend(c.functions.iter().cloned());
+            class.operators.extend(c.operators.iter().cloned());
             class.relations.extend(c.relations.iter().cloned());
         };
         self.frames(end, |tag, body| {
@@ -388,6 +394,7 @@ impl Session {
                     unreachable!("a P frame decodes to Parse")
                 };
                 if name.is_empty() {
+                    self.forget_local(DescribeTarget::Statement, "");
                     let b = self.backend.as_ref().expect("attached");
                     let (node, pid) = (b.node, b.conn.pid);
                     self.unnamed_class = Some(self.classify(&sql));
@@ -395,7 +402,7 @@ impl Session {
                     self.unnamed_node = Some(node);
                     self.bout.extend_from_slice(&frame);
                     self.track(Expect::Parse { swallow: false, id: None });
-                } else if self.statements.contains_key(&name) {
+                } else if self.statements.contains_key(&name) || self.has_local_statement(&name) {
                     let e = ErrorResponse::error(
                         SqlState::DUPLICATE_PREPARED_STATEMENT,
                         format!("prepared statement \"{name}\" already exists"),
@@ -417,7 +424,10 @@ impl Session {
                 }
             }
             b'B' => {
-                let (_, name, _) = bind_statement(body).map_err(protocol)?;
+                let (portal, name, _) = bind_statement(body).map_err(protocol)?;
+                if self.local.is_some() {
+                    self.forget_local(DescribeTarget::Portal, portal);
+                }
                 if name.is_empty() {
                     self.ensure_unnamed();
                     if let Some(c) = &self.unnamed_class {

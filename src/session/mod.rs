@@ -13,6 +13,7 @@ mod effects;
 mod expect;
 mod extended;
 mod io;
+mod local;
 mod relay;
 mod retry;
 mod sqlprepare;

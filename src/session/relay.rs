@@ -143,6 +143,8 @@ pub struct Session {
     pub(super) statements: HashMap<String, Arc<Statement>>,
     /// The client's SQL prepared statements (`PREPARE`).
     pub(super) sql_statements: HashMap<String, SqlStatement>,
+    /// The client's extended-protocol statements and portals of pgsplit commands.
+    pub(super) local: Option<Box<super::local::LocalStatements>>,
     /// The client's unnamed statement and the backend pid it was parsed on.
     pub(super) unnamed: Option<(String, Vec<u32>, i32)>,
     pub(super) unnamed_class: Option<crate::router::ClassRef>,
@@ -225,6 +227,7 @@ impl Session {
             tx_committed: None,
             statements: HashMap::new(),
             sql_statements: HashMap::new(),
+            local: None,
             unnamed: None,
             unnamed_class: None,
             unnamed_node: None,
