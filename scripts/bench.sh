@@ -194,6 +194,7 @@ args_for() {
     tpcb) echo "-M simple -c $CLIENTS -j $THREADS" ;;
     select-connect) echo "-S -M simple -C -c $CLIENTS -j $THREADS" ;;
     select-1client) echo "-S -M simple -c 1 -j 1" ;;
+    select-16clients) echo "-S -M simple -c 16 -j $THREADS" ;;
     select-1000clients) echo "-S -M simple -c 1000 -j $THREADS" ;;
   esac
 }
@@ -241,20 +242,39 @@ done
 
 EXTRA=""
 if [ "${BENCH_EXTRA:-0}" = 1 ]; then
-  log "extra: 16 vs 1000 clients through pgsplit, and 10,000 idle clients"
+  log "extra: 16 vs 1000 clients through pgsplit and PgBouncer, and 10,000 idle clients"
   for round in $(seq "$ROUNDS"); do
-    run_one select-simple pgsplit "x$round"
-    run_one select-1000clients pgsplit "x$round"
+    for t in pgsplit pgbouncer; do
+      run_one select-16clients "$t" "x$round"
+      run_one select-1000clients "$t" "x$round"
+    done
   done
-  rss_before=$(awk '/VmRSS/{print $2}' "/proc/$SPLIT_PID/status")
-  python3 "$ROOT/scripts/idle_clients.py" 127.0.0.1 "$SPLIT_PORT" 10000 "$WORK/idle.ready" &
-  IDLE_PID=$!
-  PIDS+=("$IDLE_PID")
-  for _ in $(seq 600); do [ -f "$WORK/idle.ready" ] && break; sleep 0.5; done
-  rss_idle=$(awk '/VmRSS/{print $2}' "/proc/$SPLIT_PID/status")
-  opened=$(cat "$WORK/idle.ready" 2>/dev/null || echo 0)
-  kill "$IDLE_PID" 2>/dev/null || true
-  EXTRA="idle clients: $opened open; pgsplit RSS $((rss_before / 1024)) MiB before, $((rss_idle / 1024)) MiB with them"
+  # RSS of a pgsplit process before and with 10,000 idle clients logged in (SCRAM)
+  idle_rss() {
+    local port=$1 pid=$2 before with opened
+    before=$(awk '/VmRSS/{print $2}' "/proc/$pid/status")
+    rm -f "$WORK/idle.ready"
+    python3 "$ROOT/scripts/idle_clients.py" 127.0.0.1 "$port" 10000 "$WORK/idle.ready" >"$WORK/idle.log" 2>&1 &
+    local idle=$!
+    PIDS+=("$idle")
+    for _ in $(seq 600); do [ -f "$WORK/idle.ready" ] && break; sleep 0.5; done
+    with=$(awk '/VmRSS/{print $2}' "/proc/$pid/status")
+    opened=$(cat "$WORK/idle.ready" 2>/dev/null || echo 0)
+    kill "$idle" 2>/dev/null || true
+    sleep 2
+    echo "$opened clients open: RSS $((before / 1024)) MiB before, $((with / 1024)) MiB with them"
+  }
+  after_load=$(idle_rss "$SPLIT_PORT" "$SPLIT_PID")
+  # the same on a fresh process (the benchmarked one keeps the heap its 1,000-client peak grew)
+  FRESH_PORT=$((PORT + 64))
+  ./target/release/pgsplit --listen "127.0.0.1:$FRESH_PORT" --admin-listen "" \
+    --primary "$PRIMARY_URL" --replica "127.0.0.1:$((PORT + 1))" --replica "127.0.0.1:$((PORT + 2))" \
+    --pool-size 20 --log-level warn >"$WORK/pgsplit-fresh.log" 2>&1 &
+  FRESH_PID=$!
+  PIDS+=("$FRESH_PID")
+  sleep 1
+  fresh=$(idle_rss "$FRESH_PORT" "$FRESH_PID")
+  EXTRA="10,000 idle clients — fresh pgsplit: $fresh; the benchmarked pgsplit after its runs: $after_load"
   log "$EXTRA"
 fi
 
@@ -303,6 +323,16 @@ if d1:
     lines.append("")
     lines.append("Added latency at 1 client (select-only, simple), median over rounds: " + ", ".join(
         f"{t} +{(med([x[1] for x in data[('select-1client', t)]]) - d1) * 1000:.0f} µs" for t in targets if t != "direct" and ("select-1client", t) in data))
+# throughput from 16 to 1,000 clients
+drops = []
+for t in targets:
+    a = med([x[0] for x in data.get(("select-16clients", t), [])])
+    b = med([x[0] for x in data.get(("select-1000clients", t), [])])
+    if a and b:
+        drops.append(f"{t} {(b / a - 1) * 100:+.0f}%")
+if drops:
+    lines.append("")
+    lines.append("Throughput from 16 to 1,000 clients (select-only, simple), medians: " + ", ".join(drops))
 if extra:
     lines.append("")
     lines.append(extra)
