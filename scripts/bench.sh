@@ -94,7 +94,9 @@ pidfile = $WORK/pgbouncer.pid
 EOF
 chmod 644 "$WORK"/pgbouncer.ini "$WORK"/userlist.txt
 if [ "$(id -u)" = 0 ]; then
-  runuser -u postgres -- pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
+  # runuser's PAM session lowers the soft open-files limit to 1024: raise it again for the
+  # 1,000-client run
+  runuser -u postgres -- sh -c 'ulimit -n "$(ulimit -Hn)"; exec pgbouncer "$0"' "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
 else
   pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
 fi

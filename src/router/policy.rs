@@ -225,21 +225,24 @@ pub fn route(
             None => return Route::primary(Reason::UnknownFunction),
         }
     }
-    if !class.operators.is_empty() {
+    // operators backed by volatile functions, unlogged tables: both need the catalog
+    let catalog_checks: [(bool, &dyn Fn(&Catalog) -> bool, Reason); 2] = [
+        (
+            !class.operators.is_empty(),
+            &|c| class.operators.iter().any(|o| c.volatile_operators.contains(o)),
+            Reason::VolatileFunction,
+        ),
+        (
+            !class.relations.is_empty(),
+            &|c| class.relations.iter().any(|r| c.unlogged.contains(r)),
+            Reason::UnloggedTable,
+        ),
+    ];
+    for (present, hit, reason) in catalog_checks {
         match catalog {
+            _ if !present => {}
             None => return Route::primary(Reason::CatalogNotLoaded),
-            Some(c) if class.operators.iter().any(|o| c.volatile_operators.contains(o)) => {
-                return Route::primary(Reason::VolatileFunction)
-            }
-            Some(_) => {}
-        }
-    }
-    if !class.relations.is_empty() {
-        match catalog {
-            None => return Route::primary(Reason::CatalogNotLoaded),
-            Some(c) if class.relations.iter().any(|r| c.unlogged.contains(r)) => {
-                return Route::primary(Reason::UnloggedTable)
-            }
+            Some(c) if hit(c) => return Route::primary(reason),
             Some(_) => {}
         }
     }
@@ -285,8 +288,9 @@ pub fn choose(candidates: &[Candidate], mode: LoadBalance, rr: usize) -> Option<
         LoadBalance::LeastOutstanding => {
             // the least loaded; ties rotate so equal replicas share the work
             let min = candidates.iter().map(|c| c.load).min().unwrap_or(0);
-            let tied: Vec<&Candidate> = candidates.iter().filter(|c| c.load == min).collect();
-            *tied[rr % tied.len()]
+            let tied = candidates.iter().filter(|c| c.load == min);
+            let n = tied.clone().count();
+            *tied.clone().nth(rr % n).unwrap_or(&candidates[0])
         }
         LoadBalance::Weighted => {
             let total: u64 = candidates.iter().map(|c| c.weight.max(1) as u64).sum();

@@ -203,54 +203,33 @@ impl Session {
         let mut steps = Vec::new();
         let (mut any, mut all) = (false, true);
         self.frames(end, |tag, body| {
-            let msg = FrontendMessage::decode(tag, body).map_err(protocol)?;
-            let local = match msg {
-                FrontendMessage::Parse { name, sql, .. } => match commands::parse(&sql) {
-                    Some(cmd) => {
-                        added.push((DescribeTarget::Statement, name.clone(), true));
-                        steps.push(Step::Parse(name, cmd));
-                        true
-                    }
-                    None => {
-                        added.push((DescribeTarget::Statement, name, false));
-                        false
-                    }
-                },
+            // keeps the step if it concerns a pgsplit command
+            let mut keep = |local: bool, step: Step| {
+                if local {
+                    steps.push(step);
+                }
+                local
+            };
+            let local = match FrontendMessage::decode(tag, body).map_err(protocol)? {
+                FrontendMessage::Parse { name, sql, .. } => {
+                    let cmd = commands::parse(&sql);
+                    added.push((DescribeTarget::Statement, name.clone(), cmd.is_some()));
+                    cmd.is_some_and(|cmd| keep(true, Step::Parse(name, cmd)))
+                }
                 FrontendMessage::Bind(b) => {
                     let local = is_local(&added, DescribeTarget::Statement, &b.statement);
                     added.push((DescribeTarget::Portal, b.portal.clone(), local));
-                    if local {
-                        steps.push(Step::Bind { portal: b.portal, statement: b.statement });
-                    }
-                    local
+                    keep(local, Step::Bind { portal: b.portal, statement: b.statement })
                 }
                 FrontendMessage::Describe { kind, name } => {
-                    let local = is_local(&added, kind, &name);
-                    if local {
-                        steps.push(Step::Describe(kind, name));
-                    }
-                    local
+                    keep(is_local(&added, kind, &name), Step::Describe(kind, name))
                 }
                 FrontendMessage::Execute { portal, .. } => {
-                    let local = is_local(&added, DescribeTarget::Portal, &portal);
-                    if local {
-                        steps.push(Step::Execute(portal));
-                    }
-                    local
+                    keep(is_local(&added, DescribeTarget::Portal, &portal), Step::Execute(portal))
                 }
-                FrontendMessage::Close { kind, name } => {
-                    let local = is_local(&added, kind, &name);
-                    if local {
-                        steps.push(Step::Close(kind, name));
-                    }
-                    local
-                }
-                FrontendMessage::Sync => {
-                    steps.push(Step::Sync);
-                    return Ok(());
-                }
-                FrontendMessage::Flush => {
-                    steps.push(Step::Flush);
+                FrontendMessage::Close { kind, name } => keep(is_local(&added, kind, &name), Step::Close(kind, name)),
+                FrontendMessage::Sync | FrontendMessage::Flush => {
+                    steps.push(if tag == b'S' { Step::Sync } else { Step::Flush });
                     return Ok(());
                 }
                 _ => false,
