@@ -8,6 +8,10 @@ use super::{Class, Hint, Need, TxControl};
 use crate::config::{LoadBalance, Reads, RoutingSettings};
 use crate::replication::Catalog;
 
+/// A check that needs the catalog: whether it applies, whether the catalog says the batch hits
+/// it, and the reason to give.
+type CatalogCheck<'a> = (bool, &'a dyn Fn(&Catalog) -> bool, Reason);
+
 /// Where a batch runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
@@ -226,7 +230,7 @@ pub fn route(
         }
     }
     // operators backed by volatile functions, unlogged tables: both need the catalog
-    let catalog_checks: [(bool, &dyn Fn(&Catalog) -> bool, Reason); 2] = [
+    let catalog_checks: [CatalogCheck<'_>; 2] = [
         (
             !class.operators.is_empty(),
             &|c| class.operators.iter().any(|o| c.volatile_operators.contains(o)),
