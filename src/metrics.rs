@@ -103,6 +103,9 @@ fn init_hot() {
     });
 }
 
+/// How often buffered histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the Prometheus recorder (once per process) and describes every metric.
 pub fn install() -> PrometheusHandle {
     HANDLE
@@ -115,6 +118,16 @@ pub fn install() -> PrometheusHandle {
                 .expect("static buckets")
                 .install_recorder()
                 .expect("one recorder per process");
+            // Histograms buffer their samples until upkeep folds them into the buckets; without it
+            // they grow with every query for as long as nobody scrapes /metrics.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                })
+                .expect("metrics upkeep thread");
             describe();
             init_hot();
             handle
