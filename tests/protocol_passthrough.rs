@@ -82,6 +82,8 @@ async fn tokio_postgres_extended_and_pipelined() {
 async fn named_statements_follow_the_session_across_backends() {
     let mut cfg = config();
     cfg.pool.size = 4;
+    // the session's reads alternate between the replicas, so they land on other connections
+    cfg.routing.load_balance = "round_robin".into();
     let p = Proxy::start(cfg).await;
     let a = pg(&p.app_url()).await;
     let stmt = a.prepare("SELECT pg_backend_pid(), $1::int").await.unwrap();

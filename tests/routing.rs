@@ -221,7 +221,13 @@ async fn writes_and_utilities_reach_the_primary() {
 async fn transactions_and_session_state() {
     let f = fixture().await;
     for mode in ["transaction", "session"] {
-        let p = proxy(mode).await;
+        // round robin, so that one session's reads visit both replicas (least-outstanding
+        // balancing keeps an unloaded session on the replica it read from last)
+        let mut cfg = config();
+        cfg.pool.mode = mode.into();
+        cfg.routing.load_balance = "round_robin".into();
+        let p = Proxy::start(cfg).await;
+        p.wait_routable().await;
         let read = "SELECT inet_server_port()";
         // (setup, where the next read runs, release, where the read after the release runs)
         let cases: Vec<(String, On, Option<&str>, On)> = vec![

@@ -179,6 +179,10 @@ pub struct SessionView {
     pub forces_primary: bool,
     /// Freshness keeps this session's reads on the primary, for this reason.
     pub freshness: Option<Reason>,
+    /// The node this session last read from: it wins ties of least-outstanding balancing
+    /// (its server process and caches are warm, and a lone client is not bounced between
+    /// replicas on every statement).
+    pub last_read: Option<usize>,
 }
 
 /// A node that may serve this read now.
@@ -267,7 +271,7 @@ pub fn route(
             return Route::primary(r);
         }
     }
-    match choose(candidates, cfg.load_balance, rr) {
+    match choose(candidates, cfg.load_balance, rr, s.last_read) {
         Some(node) => Route {
             target: Target::Replica(node),
             reason: if hinted {
@@ -283,16 +287,20 @@ pub fn route(
 }
 
 /// Picks a node among the candidates.
-pub fn choose(candidates: &[Candidate], mode: LoadBalance, rr: usize) -> Option<usize> {
+pub fn choose(candidates: &[Candidate], mode: LoadBalance, rr: usize, prefer: Option<usize>) -> Option<usize> {
     if candidates.is_empty() {
         return None;
     }
     let pick = match mode {
         LoadBalance::RoundRobin => candidates[rr % candidates.len()],
         LoadBalance::LeastOutstanding => {
-            // the least loaded; ties rotate so equal replicas share the work
+            // the least loaded; ties go to `prefer`, or else rotate so equal replicas share
+            // the work
             let min = candidates.iter().map(|c| c.load).min().unwrap_or(0);
             let tied = candidates.iter().filter(|c| c.load == min);
+            if let Some(p) = tied.clone().find(|c| Some(c.node) == prefer) {
+                return Some(p.node);
+            }
             let n = tied.clone().count();
             *tied.clone().nth(rr % n).unwrap_or(&candidates[0])
         }

@@ -330,6 +330,7 @@ mod policy_table {
         reads: Reads::Replicas,
         forces_primary: false,
         freshness: None,
+        last_read: None,
     };
     const TWO: [Candidate; 2] = [Candidate { node: 1, load: 0, weight: 1 }, Candidate { node: 2, load: 0, weight: 1 }];
 
@@ -440,17 +441,24 @@ mod policy_table {
             Candidate { node: 3, load: 1, weight: 3 },
         ];
         let picks: Vec<usize> =
-            (0..4).map(|rr| policy::choose(&cands, LoadBalance::LeastOutstanding, rr).unwrap()).collect();
+            (0..4).map(|rr| policy::choose(&cands, LoadBalance::LeastOutstanding, rr, None).unwrap()).collect();
         assert_eq!(picks, [2, 3, 2, 3], "least loaded, ties rotate");
-        let picks: Vec<usize> = (0..3).map(|rr| policy::choose(&cands, LoadBalance::RoundRobin, rr).unwrap()).collect();
+        let picks: Vec<usize> =
+            (0..4).map(|rr| policy::choose(&cands, LoadBalance::LeastOutstanding, rr, Some(3)).unwrap()).collect();
+        assert_eq!(picks, [3, 3, 3, 3], "ties go to the node the session read from last");
+        let picks: Vec<usize> =
+            (0..4).map(|rr| policy::choose(&cands, LoadBalance::LeastOutstanding, rr, Some(1)).unwrap()).collect();
+        assert_eq!(picks, [2, 3, 2, 3], "but never to a busier one");
+        let picks: Vec<usize> =
+            (0..3).map(|rr| policy::choose(&cands, LoadBalance::RoundRobin, rr, Some(3)).unwrap()).collect();
         assert_eq!(picks, [1, 2, 3]);
         let mut counts = [0usize; 4];
         for rr in 0..10_000 {
-            counts[policy::choose(&cands, LoadBalance::Weighted, rr).unwrap()] += 1;
+            counts[policy::choose(&cands, LoadBalance::Weighted, rr, None).unwrap()] += 1;
         }
         assert!(counts[3] > counts[1] * 2 && counts[3] > counts[2] * 2, "{counts:?}");
         assert!(counts[1] > 1000 && counts[2] > 1000, "{counts:?}");
-        assert_eq!(policy::choose(&[], LoadBalance::RoundRobin, 0), None);
+        assert_eq!(policy::choose(&[], LoadBalance::RoundRobin, 0, None), None);
     }
 
     #[test]

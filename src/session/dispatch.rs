@@ -119,6 +119,7 @@ impl Session {
             reads: self.reads(&settings),
             forces_primary: self.forces_primary,
             freshness,
+            last_read: self.last_read,
         };
         let catalog = if class.functions.is_empty() && class.relations.is_empty() {
             None
@@ -129,6 +130,9 @@ impl Session {
         let mut route = policy::route(class, &view, &candidates, catalog.as_deref(), cfg, rr);
         if route.reason == Reason::NoReplica && behind {
             route.reason = Reason::ReplicasBehind;
+        }
+        if let Target::Replica(n) = route.target {
+            self.last_read = Some(n);
         }
         route
     }

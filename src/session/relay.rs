@@ -166,6 +166,8 @@ pub struct Session {
     pub(super) retry: Option<Retry>,
     /// The next routing decision avoids this node (it just failed a read).
     pub(super) avoid_node: Option<usize>,
+    /// The replica this session last read from (wins balancing ties).
+    pub(super) last_read: Option<usize>,
     /// The batch being routed now is a retry: it gets no second one.
     pub(super) retried: bool,
     /// The armed read failed and has ended: retry it before anything else.
@@ -238,6 +240,7 @@ impl Session {
             writes: WriteState::default(),
             retry: None,
             avoid_node: None,
+            last_read: None,
             retried: false,
             retry_due: None,
             draining: false,
