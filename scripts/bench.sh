@@ -13,6 +13,9 @@
 # BENCH_WORKLOADS ("select-simple select-extended select-prepared tpcb select-connect
 # select-1client"), BENCH_EXTRA=1 (also: 10,000 idle clients' RSS, 16 vs 1,000 clients),
 # BENCH_WRITE_DOC (1: update docs/benchmarks.md), BENCH_PORT (26432).
+# Two more targets can be named in BENCH_TARGETS: "replica" (a direct connection to the first
+# replica: the baseline for reads that pgsplit routes there) and "pgsplit-primary" (a second
+# pgsplit with routing.reads = primary: the same work as PgBouncer, one node).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -72,6 +75,15 @@ VERIFIER=$(PGPASSWORD=postgres psql -X -Atq -h 127.0.0.1 -p "$PORT" -U postgres 
   --pool-size 20 --log-level warn --admin-user app >"$WORK/pgsplit.log" 2>&1 &
 SPLIT_PID=$!
 PIDS+=("$SPLIT_PID")
+SPLIT_PRIMARY_PORT=$((PORT + 65))
+SPLIT_PRIMARY_PID=""
+if [[ " $TARGETS " == *" pgsplit-primary "* ]]; then
+  PGSPLIT_ROUTING__READS=primary ./target/release/pgsplit --listen "127.0.0.1:$SPLIT_PRIMARY_PORT" --admin-listen "" \
+    --primary "$PRIMARY_URL" --replica "127.0.0.1:$((PORT + 1))" --replica "127.0.0.1:$((PORT + 2))" \
+    --pool-size 20 --log-level warn >"$WORK/pgsplit-primary.log" 2>&1 &
+  SPLIT_PRIMARY_PID=$!
+  PIDS+=("$SPLIT_PRIMARY_PID")
+fi
 
 # --- PgBouncer (transaction pooling, primary only; it refuses to run as root) ---
 cat >"$WORK/userlist.txt" <<EOF
@@ -150,7 +162,9 @@ PIDS+=("$POOL_PID")
 port_of() {
   case "$1" in
     direct) echo "$PORT" ;;
+    replica) echo "$((PORT + 1))" ;;
     pgsplit) echo "$SPLIT_PORT" ;;
+    pgsplit-primary) echo "$SPLIT_PRIMARY_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     pgpool) echo "$POOL_PORT" ;;
   esac
@@ -158,6 +172,7 @@ port_of() {
 pid_of() {
   case "$1" in
     pgsplit) echo "$SPLIT_PID" ;;
+    pgsplit-primary) echo "$SPLIT_PRIMARY_PID" ;;
     pgbouncer) echo "$BOUNCER_PID" ;;
     pgpool) echo "$POOL_PID" ;;
     *) echo "" ;;
@@ -315,7 +330,7 @@ for w in workloads:
         m = med(tps)
         rd = f"{m/direct:.2f}" if direct else "–"
         rb = f"{m/bouncer:.2f}" if bouncer else "–"
-        cpu = med([x[2] for x in xs]) if t != "direct" else None
+        cpu = med([x[2] for x in xs]) if t not in ("direct", "replica") else None
         failed = ",".join(sorted(set(x[3] for x in xs)))
         rep = sum(x[4] for x in xs)
         lines.append(f"| {w} | {t} | {m:,.0f} | {min(tps):,.0f} | {max(tps):,.0f} | {med([x[1] for x in xs]):.3f} | {rd} | {rb} | {'' if cpu is None else f'{cpu:.1f}'} | {failed} | {rep:,} |")
@@ -324,7 +339,7 @@ d1 = med([x[1] for x in data.get(("select-1client", "direct"), [])])
 if d1:
     lines.append("")
     lines.append("Added latency at 1 client (select-only, simple), median over rounds: " + ", ".join(
-        f"{t} +{(med([x[1] for x in data[('select-1client', t)]]) - d1) * 1000:.0f} µs" for t in targets if t != "direct" and ("select-1client", t) in data))
+        f"{t} +{(med([x[1] for x in data[('select-1client', t)]]) - d1) * 1000:.0f} µs" for t in targets if t not in ("direct", "replica") and ("select-1client", t) in data))
 # throughput from 16 to 1,000 clients
 drops = []
 for t in targets:
