@@ -256,6 +256,34 @@ async fn session_mode_keeps_one_connection() {
     p.stop().await;
 }
 
+/// Idle connections are handed out most recently used first, as PgBouncer does: one client's
+/// transactions keep reusing one warm server process. With `server_round_robin` they take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_most_recently_used_first() {
+    for round_robin in [false, true] {
+        let mut cfg = config();
+        cfg.pool.size = 3;
+        cfg.pool.server_round_robin = round_robin;
+        let p = Proxy::start(cfg).await;
+        // Three clients in a transaction at once: three connections to the primary.
+        let clients = pgs(&p.app_url(), 3).await;
+        for c in &clients {
+            c.batch_execute("BEGIN; SELECT txid_current()").await.unwrap();
+        }
+        for c in &clients {
+            c.batch_execute("COMMIT").await.unwrap();
+        }
+        let mut pids = std::collections::HashSet::new();
+        for _ in 0..6 {
+            let row = clients[0].query_one("/* pgsplit:primary */ SELECT pg_backend_pid()", &[]).await.unwrap();
+            pids.insert(row.get::<_, i32>(0));
+        }
+        let expected = if round_robin { 3 } else { 1 };
+        assert_eq!(pids.len(), expected, "server_round_robin = {round_robin}: {pids:?}");
+        p.stop().await;
+    }
+}
+
 fn pgbench(args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new("pgbench").env("PGPASSWORD", "app").args(args).output().expect("pgbench");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

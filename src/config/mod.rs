@@ -132,6 +132,9 @@ pub struct PoolConfig {
     /// Backend connections are closed after this age, when next idle.
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
+    /// Hand out idle backend connections in turn (oldest first) instead of the most recently
+    /// used one first (PgBouncer's `server_round_robin`).
+    pub server_round_robin: bool,
 }
 
 impl Default for PoolConfig {
@@ -143,6 +146,7 @@ impl Default for PoolConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
+            server_round_robin: false,
         }
     }
 }

@@ -88,6 +88,7 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
+    pub server_round_robin: bool,
 }
 
 /// A PostgreSQL server address.
@@ -274,6 +275,7 @@ impl Settings {
             connect_timeout: duration("pool.connect_timeout", p.connect_timeout)?,
             idle_timeout: duration("pool.idle_timeout", p.idle_timeout)?,
             max_lifetime: duration("pool.max_lifetime", p.max_lifetime)?,
+            server_round_robin: p.server_round_robin,
         };
 
         if c.cluster.primary.is_empty() {

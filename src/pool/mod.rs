@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult, Timeouts};
+use deadpool::managed::{self, Metrics, Object, QueueMode, RecycleError, RecycleResult, Timeouts};
 use pgsplit_protocol::auth::AuthError;
 use pgsplit_protocol::error::ErrorFields;
 use pgsplit_protocol::ProtocolError;
@@ -283,6 +283,10 @@ impl Pools {
         let pool = Pool::builder(manager)
             .max_size(size)
             .runtime(deadpool::Runtime::Tokio1)
+            // Most recently used first (as PgBouncer): the fewest server processes stay busy and
+            // theirs are the warm caches; handing connections out in turn woke a cold process for
+            // every transaction.
+            .queue_mode(if settings.server_round_robin { QueueMode::Fifo } else { QueueMode::Lifo })
             .timeouts(Timeouts {
                 wait: Some(settings.checkout_timeout),
                 create: Some(settings.connect_timeout),
