@@ -21,7 +21,7 @@ use crate::config::NodeAddr;
 /// Where a cancel for a session must go right now.
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub addr: NodeAddr,
+    pub addr: Arc<NodeAddr>,
     pub pid: i32,
     pub secret: i32,
 }

@@ -4,6 +4,7 @@
 //! it carries (`state_fp`), which named statements it has prepared.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -40,7 +41,8 @@ pub struct ServerConn {
     pub stream: TcpStream,
     /// Bytes read from the backend and not yet processed.
     pub rbuf: BytesMut,
-    pub addr: NodeAddr,
+    /// Shared with the cancel slot of the session that holds the connection.
+    pub addr: Arc<NodeAddr>,
     /// BackendKeyData: what a CancelRequest for this connection must carry.
     pub pid: i32,
     pub secret: i32,
@@ -130,7 +132,7 @@ impl ServerConn {
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::new(),
-            addr: addr.clone(),
+            addr: Arc::new(addr.clone()),
             pid: 0,
             secret: 0,
             params: Vec::new(),
@@ -215,12 +217,11 @@ impl ServerConn {
     /// or terminated it has sent an error and closed it. Asynchronous messages that arrived
     /// while idle (ParameterStatus after a reload, notices) are kept for the next user.
     pub fn idle_and_alive(&mut self) -> bool {
-        let mut buf = [0u8; 4096];
         loop {
-            match self.stream.try_read(&mut buf) {
+            // reads into the connection's own buffer (which grows as needed)
+            match self.stream.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return false,
-                Ok(n) => {
-                    self.rbuf.extend_from_slice(&buf[..n]);
+                Ok(_) => {
                     let mut at = 0;
                     while let Ok(Some(h)) =
                         pgsplit_protocol::framing::peek_header(&self.rbuf[at..], |_| MAX_BACKEND_MESSAGE)

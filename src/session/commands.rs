@@ -42,6 +42,11 @@ fn var(name: &str) -> Result<Var, String> {
 /// Recognizes a pgsplit command; `None` for any other statement.
 pub(super) fn parse(sql: &str) -> Option<Result<Command, String>> {
     let s = sql.trim().trim_end_matches(';').trim();
+    // Every statement passes here: look at the verb before copying anything.
+    let verb = &s[..s.find(char::is_whitespace)?];
+    if !["show", "set", "reset"].iter().any(|v| verb.eq_ignore_ascii_case(v)) {
+        return None;
+    }
     let lower = s.to_ascii_lowercase();
     let (verb, rest) = lower.split_once(char::is_whitespace)?;
     let rest = rest.trim_start();

@@ -79,7 +79,8 @@ impl Session {
         let settings = self.ctx.settings();
         let cfg = &settings.routing;
         let pinned = !self.pins.is_empty();
-        let mut candidates = Vec::new();
+        // on the stack: this runs for every batch
+        let mut candidates: smallvec::SmallVec<[Candidate; 8]> = smallvec::SmallVec::new();
         let mut freshness = None;
         let mut behind = false;
         if self.tx == TxStatus::Idle && !pinned && class.is_read() {
