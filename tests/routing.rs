@@ -464,3 +464,58 @@ async fn pgbench_writes_never_reach_a_replica() {
     assert_eq!(refusals(), before, "a replica refused a write");
     p.stop().await;
 }
+
+/// Runs one unnamed statement the way libpq's `PQexecParams` does (Parse, Bind, Execute, Sync of
+/// the unnamed statement): its rows' first values as text, or the SQLSTATE of its error.
+async fn exec_unnamed(s: &mut tokio::net::TcpStream, sql: &str) -> Result<Vec<String>, String> {
+    use pgsplit_protocol::{BackendMessage, FrontendMessage};
+    use tokio::io::AsyncWriteExt;
+    let mut out = bytes::BytesMut::new();
+    FrontendMessage::Parse { name: String::new(), sql: sql.into(), param_types: vec![] }.encode(&mut out);
+    FrontendMessage::Bind(pgsplit_protocol::frontend::Bind {
+        portal: String::new(),
+        statement: String::new(),
+        param_formats: vec![],
+        params: vec![],
+        result_formats: vec![],
+    })
+    .encode(&mut out);
+    FrontendMessage::Execute { portal: String::new(), max_rows: 0 }.encode(&mut out);
+    FrontendMessage::Sync.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let (mut rows, mut error) = (Vec::new(), None);
+    loop {
+        match read_backend(s, &mut buf).await.expect("answer") {
+            // one column: count (2 bytes), length (4 bytes), the text
+            BackendMessage::Raw { tag: b'D', body } => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
+            BackendMessage::ErrorResponse(e) => error = Some(e.code().to_owned()),
+            BackendMessage::ReadyForQuery(_) => break,
+            _ => {}
+        }
+    }
+    error.map_or(Ok(rows), Err)
+}
+
+/// A client that re-parses the unnamed statement for every query reuses its classification
+/// only for the very same text: a write parsed after reads of another text still goes to the
+/// primary, and the reads before it to replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reparsed_unnamed_statements_route_by_their_own_text() {
+    let p = proxy("transaction").await;
+    let t = unique("rt_unnamed");
+    pg(&p.app_url()).await.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
+    let (mut s, _) = raw_login(p.addr, "app", "app", "app").await;
+    for _ in 0..3 {
+        let on = exec_unnamed(&mut s, "SELECT pg_is_in_recovery()::text").await.unwrap();
+        assert_eq!(on, ["true"], "a read goes to a replica");
+    }
+    for i in 0..3 {
+        exec_unnamed(&mut s, &format!("INSERT INTO {t} VALUES ({i})")).await.unwrap();
+        exec_unnamed(&mut s, &format!("INSERT INTO {t} VALUES ({i})")).await.unwrap();
+        exec_unnamed(&mut s, "SELECT pg_is_in_recovery()::text").await.unwrap();
+    }
+    let n = exec_unnamed(&mut s, &format!("/* pgsplit:primary */ SELECT count(*) FROM {t}")).await.unwrap();
+    assert_eq!(n, ["6"]);
+    p.stop().await;
+}

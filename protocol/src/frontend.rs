@@ -4,7 +4,8 @@
 //! writes it back. The `'p'` message means different things at different points of the
 //! authentication exchange, so it decodes to [`FrontendMessage::AuthData`] and
 //! [`FrontendMessage::decode_auth`] types it once the caller knows what it expects.
-//! For the relay's hot path, [`bind_statement`] reads only the names at the head of a Bind.
+//! For the relay's hot path, [`bind_statement`] reads only the names at the head of a Bind, and
+//! [`parse_statement`] the name and text of a Parse.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -265,6 +266,15 @@ impl FrontendMessage {
             }
         })
     }
+}
+
+/// The statement name and query text of a Parse body, borrowed (the parameter types are not
+/// read): what routing needs, without copying the query.
+pub fn parse_statement(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
+    let mut r = Reader::new(body);
+    let name = r.cstr()?;
+    let sql = r.cstr()?;
+    Ok((name, sql))
 }
 
 /// The portal and statement names at the head of a Bind body, and where the rest starts.

@@ -162,12 +162,26 @@ fn replayed_extended_batch() {
     assert_eq!(tags, b"PBDES");
 }
 
+#[test]
+fn parse_statement_reads_name_and_text() {
+    let mut out = BytesMut::new();
+    pgsplit_protocol::frontend::encode_parse(&mut out, "s1", "SELECT $1::int", &[23]);
+    let body = &out[5..];
+    assert_eq!(pgsplit_protocol::frontend::parse_statement(body).unwrap(), ("s1", "SELECT $1::int"));
+    assert!(pgsplit_protocol::frontend::parse_statement(b"s1\0SELECT").is_err());
+    match FrontendMessage::decode(b'P', body).unwrap() {
+        FrontendMessage::Parse { name, sql, .. } => assert_eq!((name.as_str(), sql.as_str()), ("s1", "SELECT $1::int")),
+        other => panic!("{other:?}"),
+    }
+}
+
 proptest! {
     #[test]
     fn random_frontend_bytes_never_panic(tag in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = FrontendMessage::decode(tag, &body);
         let _ = FrontendMessage::decode_auth(&body, AuthExpect::SaslInitial);
         let _ = pgsplit_protocol::frontend::bind_statement(&body);
+        let _ = pgsplit_protocol::frontend::parse_statement(&body);
     }
 
     #[test]

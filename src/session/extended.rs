@@ -2,19 +2,22 @@
 //! named prepared statements mapped to pgsplit's backend names and prepared on demand on
 //! whichever connection runs them.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use pgsplit_protocol::backend::encode_ready;
 use pgsplit_protocol::framing::{peek_header, FrameHeader};
-use pgsplit_protocol::frontend::{bind_statement, encode_parse, encode_target, rewrite_bind, Target as DescribeTarget};
+use pgsplit_protocol::frontend::{
+    bind_statement, encode_parse, encode_target, parse_statement, rewrite_bind, Target as DescribeTarget,
+};
 use pgsplit_protocol::{ErrorResponse, FrontendMessage, SqlState, TxStatus};
 
 use super::dispatch::protocol;
 use super::expect::Expect;
 use super::relay::{Batch, Session};
 use crate::error::Error;
-use crate::router::{Class, Need, Target};
+use crate::router::{Class, ClassRef, Need, Target};
 use crate::statements::Statement;
 
 /// Extended-protocol batches are routed when their Sync or Flush has arrived, or when this much
@@ -202,33 +205,27 @@ impl Session {
         Ok(())
     }
 
-    /// The class of a whole extended batch: a read only if every statement it runs is.
-    fn batch_class(&self, end: usize) -> Result<Class, Error> {
-        let mut class = Class::new(Need::Read);
+    /// The class of a whole extended batch: a read only if every statement it runs is. A batch
+    /// that runs one statement (Parse and Bind of it, the common case) gets that statement's
+    /// class as it is; only a batch of several is merged into a new one.
+    fn batch_class(&self, end: usize) -> Result<ClassRef, Error> {
         let mut unnamed = self.unnamed_class.clone();
-        let add = |c: &Class, class: &mut Class| {
-            class.require(c.need);
-            class.catalog |= c.catalog;
-            class.hint = class.hint.or(c.hint);
-            class.tx = class.tx.or(c.tx);
-            class.ddl |= c.ddl;
-            class.functions.extend(c.functions.iter().cloned());
-            class.operators.extend(c.operators.iter().cloned());
-            class.relations.extend(c.relations.iter().cloned());
+        let mut parts: smallvec::SmallVec<[ClassRef; 4]> = smallvec::SmallVec::new();
+        let mut unknown = false;
+        let mut note = |c: ClassRef| {
+            if !parts.iter().any(|p| Arc::ptr_eq(p, &c)) {
+                parts.push(c);
+            }
         };
         self.frames(end, |tag, body| {
             match tag {
                 b'P' => {
-                    let FrontendMessage::Parse { name, sql, .. } =
-                        FrontendMessage::decode(tag, body).map_err(protocol)?
-                    else {
-                        unreachable!("a P frame decodes to Parse")
-                    };
-                    let c = self.classify(&sql);
-                    add(&c, &mut class);
+                    let (name, sql) = parse_statement(body).map_err(protocol)?;
+                    let c = self.classify_parse(sql);
                     if name.is_empty() {
-                        unnamed = Some(c);
+                        unnamed = Some(c.clone());
                     }
+                    note(c);
                 }
                 b'B' => {
                     let (_, stmt, _) = bind_statement(body).map_err(protocol)?;
@@ -238,15 +235,41 @@ impl Session {
                         self.statements.get(stmt).map(|s| s.class.clone())
                     };
                     match c {
-                        Some(c) => add(&c, &mut class),
-                        None => class.require(Need::Unknown),
+                        Some(c) => note(c),
+                        None => unknown = true,
                     }
                 }
                 _ => {}
             }
             Ok(())
         })?;
-        Ok(class)
+        if parts.len() == 1 && !unknown {
+            return Ok(parts.swap_remove(0));
+        }
+        let mut class = Class::new(Need::Read);
+        for c in &parts {
+            class.require(c.need);
+            class.catalog |= c.catalog;
+            class.hint = class.hint.or(c.hint);
+            class.tx = class.tx.or(c.tx);
+            class.ddl |= c.ddl;
+            class.functions.extend(c.functions.iter().cloned());
+            class.operators.extend(c.operators.iter().cloned());
+            class.relations.extend(c.relations.iter().cloned());
+        }
+        if unknown {
+            class.require(Need::Unknown);
+        }
+        Ok(Arc::new(class))
+    }
+
+    /// The class of a Parse's query. Drivers that re-parse the same unnamed statement for every
+    /// query (libpq's `PQexecParams`, pgbench's extended mode) get its class from the last time.
+    pub(super) fn classify_parse(&self, sql: &str) -> ClassRef {
+        match (&self.unnamed, &self.unnamed_class) {
+            (Some((last, _, _)), Some(c)) if last == sql => c.clone(),
+            _ => self.classify(sql),
+        }
     }
 
     /// Whether the batch needs response bookkeeping (pgsplit answers or adds messages).
@@ -347,10 +370,7 @@ impl Session {
             return Ok(false);
         }
         let class = match tag {
-            b'P' => match FrontendMessage::decode(tag, body).map_err(protocol)? {
-                FrontendMessage::Parse { sql, .. } => Some(self.classify(&sql)),
-                _ => None,
-            },
+            b'P' => Some(self.classify_parse(parse_statement(body).map_err(protocol)?.1)),
             b'B' => {
                 let (_, name, _) = bind_statement(body).map_err(protocol)?;
                 if name.is_empty() {
@@ -397,7 +417,7 @@ impl Session {
                     self.forget_local(DescribeTarget::Statement, "");
                     let b = self.backend.as_ref().expect("attached");
                     let (node, pid) = (b.node, b.conn.pid);
-                    self.unnamed_class = Some(self.classify(&sql));
+                    self.unnamed_class = Some(self.classify_parse(&sql));
                     self.unnamed = Some((sql, param_types, pid));
                     self.unnamed_node = Some(node);
                     self.bout.extend_from_slice(&frame);
