@@ -339,16 +339,7 @@ async fn pgsplit_commands_in_the_extended_protocol() {
         let (mut s, _) = raw_login(p.addr, "app", "app", "app").await;
         let mut out = bytes::BytesMut::new();
         for sql in ["SELECT 1", "SHOW pgsplit.consistency"] {
-            FrontendMessage::Parse { name: String::new(), sql: sql.into(), param_types: vec![] }.encode(&mut out);
-            FrontendMessage::Bind(pgsplit_protocol::frontend::Bind {
-                portal: String::new(),
-                statement: String::new(),
-                param_formats: vec![],
-                params: vec![],
-                result_formats: vec![],
-            })
-            .encode(&mut out);
-            FrontendMessage::Execute { portal: String::new(), max_rows: 0 }.encode(&mut out);
+            encode_unnamed(&mut out, sql);
         }
         FrontendMessage::Sync.encode(&mut out);
         FrontendMessage::Query { sql: "SELECT 'after'".into() }.encode(&mut out);

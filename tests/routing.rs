@@ -471,16 +471,7 @@ async fn exec_unnamed(s: &mut tokio::net::TcpStream, sql: &str) -> Result<Vec<St
     use pgsplit_protocol::{BackendMessage, FrontendMessage};
     use tokio::io::AsyncWriteExt;
     let mut out = bytes::BytesMut::new();
-    FrontendMessage::Parse { name: String::new(), sql: sql.into(), param_types: vec![] }.encode(&mut out);
-    FrontendMessage::Bind(pgsplit_protocol::frontend::Bind {
-        portal: String::new(),
-        statement: String::new(),
-        param_formats: vec![],
-        params: vec![],
-        result_formats: vec![],
-    })
-    .encode(&mut out);
-    FrontendMessage::Execute { portal: String::new(), max_rows: 0 }.encode(&mut out);
+    encode_unnamed(&mut out, sql);
     FrontendMessage::Sync.encode(&mut out);
     s.write_all(&out).await.unwrap();
     let mut buf = bytes::BytesMut::new();

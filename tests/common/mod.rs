@@ -213,6 +213,23 @@ pub async fn raw_login(
     }
 }
 
+/// Appends Parse, Bind and Execute of the unnamed statement for `sql`, without parameters (what
+/// libpq's `PQexecParams` sends, less the Sync).
+pub fn encode_unnamed(out: &mut bytes::BytesMut, sql: &str) {
+    use pgsplit_protocol::frontend::Bind;
+    use pgsplit_protocol::FrontendMessage;
+    FrontendMessage::Parse { name: String::new(), sql: sql.into(), param_types: vec![] }.encode(out);
+    FrontendMessage::Bind(Bind {
+        portal: String::new(),
+        statement: String::new(),
+        param_formats: vec![],
+        params: vec![],
+        result_formats: vec![],
+    })
+    .encode(out);
+    FrontendMessage::Execute { portal: String::new(), max_rows: 0 }.encode(out);
+}
+
 /// Reads one backend message from a raw socket; `None` when the server closed it.
 pub async fn read_backend(
     s: &mut tokio::net::TcpStream,
