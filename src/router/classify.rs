@@ -449,15 +449,15 @@ fn operator(names: Option<&Value>, class: &mut Class) {
 /// refuses to start serializable transactions, so the connection could not even be reset) or
 /// read-write session characteristics.
 pub fn setting_forces_primary(name: &str, sql: &str) -> bool {
+    // the name first: this runs for every setting in force after every batch
+    let words: &[&str] = match name {
+        "default_transaction_isolation" => &["serializable"],
+        "session characteristics" => &["serializable", "read write"],
+        "transaction_read_only" | "default_transaction_read_only" => &["off", "false", "'0'"],
+        _ => return false,
+    };
     let sql = sql.to_ascii_lowercase();
-    match name {
-        "default_transaction_isolation" => sql.contains("serializable"),
-        "session characteristics" => sql.contains("serializable") || sql.contains("read write"),
-        "transaction_read_only" | "default_transaction_read_only" => {
-            sql.contains("off") || sql.contains("false") || sql.contains("'0'")
-        }
-        _ => false,
-    }
+    words.iter().any(|w| sql.contains(w))
 }
 
 /// A SQL string literal for `s`, valid whatever `standard_conforming_strings` is.

@@ -10,20 +10,30 @@
 
 use super::{Class, Need, TxControl};
 
-/// Words that, after `SELECT`, make the fast path give up.
-const SELECT_STOP: &[&str] =
-    &["into", "for", "with", "union", "table", "pg_temp", "information_schema", "lateral", "similar"];
+/// Words that, after `SELECT`, make the fast path give up. (A `match` rather than a list: it
+/// runs for every word of every statement.)
+fn is_select_stop(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"into" | b"for" | b"with" | b"union" | b"table" | b"pg_temp" | b"information_schema" | b"lateral" | b"similar"
+    )
+}
 
 /// Substrings that make a write need the full parse (session effects hide in function calls).
 const WRITE_STOP: &[&str] = &["currval", "lastval", "set_config", "advisory", "pg_temp", "with", "temp"];
 
 /// SQL keywords that are not relation names (for the relation list of a fast-path read).
-const KEYWORDS: &[&str] = &[
-    "select", "from", "where", "and", "or", "not", "as", "on", "join", "left", "right", "inner", "outer", "full",
-    "cross", "natural", "using", "order", "by", "group", "having", "limit", "offset", "asc", "desc", "nulls", "first",
-    "last", "distinct", "all", "is", "null", "true", "false", "in", "between", "like", "ilike", "case", "when", "then",
-    "else", "end", "only", "fetch", "next", "rows", "row", "ties", "any", "some", "exists",
-];
+#[rustfmt::skip]
+fn is_keyword(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"select" | b"from" | b"where" | b"and" | b"or" | b"not" | b"as" | b"on" | b"join" | b"left" | b"right" | b"inner"
+            | b"outer" | b"full" | b"cross" | b"natural" | b"using" | b"order" | b"by" | b"group" | b"having" | b"limit"
+            | b"offset" | b"asc" | b"desc" | b"nulls" | b"first" | b"last" | b"distinct" | b"all" | b"is" | b"null" | b"true"
+            | b"false" | b"in" | b"between" | b"like" | b"ilike" | b"case" | b"when" | b"then" | b"else" | b"end" | b"only"
+            | b"fetch" | b"next" | b"rows" | b"row" | b"ties" | b"any" | b"some" | b"exists"
+    )
+}
 
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
@@ -31,13 +41,31 @@ fn is_ident(b: u8) -> bool {
 
 /// Characters PostgreSQL operators are made of.
 fn is_operator_char(b: u8) -> bool {
-    b"+-*/<>=~!@#%^&|`?".contains(&b)
+    matches!(
+        b,
+        b'+' | b'-'
+            | b'*'
+            | b'/'
+            | b'<'
+            | b'>'
+            | b'='
+            | b'~'
+            | b'!'
+            | b'@'
+            | b'#'
+            | b'%'
+            | b'^'
+            | b'&'
+            | b'|'
+            | b'`'
+            | b'?'
+    )
 }
 
 /// A lexical token the fast path looks at.
 enum Token<'a> {
-    /// A word, lower-cased.
-    Word(&'a str),
+    /// A word: lower-cased (ASCII only, as PostgreSQL folds identifiers), and as written.
+    Word { lower: &'a [u8], text: &'a str },
     /// A run of operator characters (or `*`, which might be one).
     Operator(&'a str),
 }
@@ -47,7 +75,9 @@ enum Token<'a> {
 fn tokens(sql: &str, mut f: impl FnMut(Token<'_>) -> bool) -> Option<()> {
     let b = sql.as_bytes();
     let mut i = 0;
-    let mut word = String::new();
+    // Lower-cased in place of an allocation: PostgreSQL truncates identifiers to 63 bytes, and
+    // a longer word is left to the parser.
+    let mut word = [0u8; 63];
     while i < b.len() {
         let c = b[i];
         if is_ident(c) {
@@ -55,10 +85,11 @@ fn tokens(sql: &str, mut f: impl FnMut(Token<'_>) -> bool) -> Option<()> {
             while i < b.len() && is_ident(b[i]) {
                 i += 1;
             }
-            word.clear();
-            word.push_str(&sql[start..i]);
-            word.make_ascii_lowercase();
-            if !f(Token::Word(&word)) {
+            let lower = word.get_mut(..i - start)?;
+            lower.copy_from_slice(&b[start..i]);
+            lower.make_ascii_lowercase();
+            // bytes >= 0x80 belong to words, so a word never splits a character
+            if !f(Token::Word { lower, text: &sql[start..i] }) {
                 return None;
             }
             continue;
@@ -109,22 +140,22 @@ pub fn classify_fast(sql: &str) -> Option<Class> {
     let first_end = s.bytes().position(|c| !c.is_ascii_alphabetic()).unwrap_or(s.len());
     let first = &s[..first_end];
     if first.eq_ignore_ascii_case("select") {
-        let mut relations = Vec::new();
-        let mut operators: Vec<String> = Vec::new();
+        let mut relations = Vec::with_capacity(4);
+        let mut operators: Vec<String> = Vec::with_capacity(2);
         let mut ok = true;
         tokens(&s[first_end..], |t| match t {
-            Token::Word(w) => {
-                if SELECT_STOP.contains(&w) || w.starts_with("pg_") {
+            Token::Word { lower: w, text } => {
+                if is_select_stop(w) || w.starts_with(b"pg_") {
                     ok = false;
                     return false;
                 }
-                if !KEYWORDS.contains(&w) && !w.as_bytes()[0].is_ascii_digit() {
-                    relations.push(w.to_owned());
+                if !is_keyword(w) && !w[0].is_ascii_digit() {
+                    relations.push(text.to_ascii_lowercase());
                 }
                 // the operators PostgreSQL turns these keywords into
                 let ops: &[&str] = match w {
-                    "like" => &["~~", "!~~"],
-                    "ilike" => &["~~*", "!~~*"],
+                    b"like" => &["~~", "!~~"],
+                    b"ilike" => &["~~*", "!~~*"],
                     _ => &[],
                 };
                 for op in ops {

@@ -256,6 +256,9 @@ fn fast_path_agrees_with_full_parse() {
         "SELECT a FROM t WHERE b BETWEEN 1 AND 2 AND c LIKE 'x%'",
         "SELECT a FROM t ORDER BY a USING >",
         "SELECT a FROM t WHERE b NOT ILIKE 'x' AND c SIMILAR TO 'y'",
+        "SELECT Größe FROM Tabellé WHERE ÄB = 1",
+        "SELECT a FROM a_table_whose_name_is_exactly_sixty_three_bytes_long_xxxxxxxxxx",
+        "SELECT a FROM a_table_whose_name_is_longer_than_sixty_three_bytes_long_xxxxxxxxxxxxx",
     ];
     for sql in corpus {
         let full = classify_full(sql);
@@ -284,6 +287,13 @@ fn fast_path_agrees_with_full_parse() {
     .is_some());
     assert!(classify_fast("BEGIN;").is_some());
     assert!(classify_fast("END;").is_some());
+    // words are lower-cased (ASCII only, as PostgreSQL folds them) up to the 63 bytes an
+    // identifier can have; a longer word is left to the parser, which truncates it
+    let c = classify_fast("SELECT x FROM MyTable WHERE Größe = 1").unwrap();
+    assert_eq!(c.relations, ["größe", "mytable", "x"]);
+    let name63 = "t".repeat(63);
+    assert_eq!(classify_fast(&format!("SELECT a FROM {name63}")).unwrap().relations, ["a", name63.as_str()]);
+    assert!(classify_fast(&format!("SELECT a FROM {}", "t".repeat(64))).is_none());
 }
 
 #[test]

@@ -41,8 +41,12 @@ fn var(name: &str) -> Result<Var, String> {
 
 /// Recognizes a pgsplit command; `None` for any other statement.
 pub(super) fn parse(sql: &str) -> Option<Result<Command, String>> {
-    let s = sql.trim().trim_end_matches(';').trim();
+    let s = sql.trim_start();
     // Every statement passes here: look at the verb before copying anything.
+    if !matches!(s.as_bytes().first(), Some(b's' | b'S' | b'r' | b'R')) {
+        return None;
+    }
+    let s = s.trim_end().trim_end_matches(';').trim_end();
     let verb = &s[..s.find(char::is_whitespace)?];
     if !["show", "set", "reset"].iter().any(|v| verb.eq_ignore_ascii_case(v)) {
         return None;

@@ -186,7 +186,8 @@ impl Session {
     async fn simple_query(&mut self, h: FrameHeader) -> Result<bool, Error> {
         let body = &self.cin[5..h.total];
         let sql = body.strip_suffix(&[0]).ok_or(protocol(ProtocolError::MissingNul))?;
-        if let Some(cmd) = std::str::from_utf8(sql).ok().and_then(super::commands::parse) {
+        let text = std::str::from_utf8(sql).ok();
+        if let Some(cmd) = text.and_then(super::commands::parse) {
             // answered here, so only in order: after whatever is in flight
             if !self.batches.is_empty() || self.batch_open {
                 self.blocked = true;
@@ -196,9 +197,9 @@ impl Session {
             Box::pin(self.run_command(cmd)).await;
             return Ok(true);
         }
-        let class = match std::str::from_utf8(sql) {
-            Ok(s) => self.classify(s),
-            Err(_) => Arc::new(Class::new(Need::ParseError)),
+        let class = match text {
+            Some(s) => self.classify(s),
+            None => Arc::new(Class::new(Need::ParseError)),
         };
         if let Some(sp) = class.sql_prepared.clone() {
             if let Some(done) = Box::pin(self.sql_prepared(h, sp)).await? {

@@ -300,12 +300,16 @@ impl Session {
             if !self.skip_client() {
                 self.process_client().await?;
             }
+            let was_blocked = self.blocked;
             self.process_backend()?;
             if let Some(why) = self.retry_due.take() {
                 Box::pin(self.retry_now(&why)).await;
                 continue;
             }
             if self.releasable() {
+                // The answer leaves before the connection goes back: the client is waiting for
+                // it, and giving the connection back is work it need not wait for.
+                self.try_flush_client(client).await?;
                 self.release().await;
                 self.shrink_idle_buffers();
             } else if self.backend.is_some() && self.batches.is_empty() && self.tx == TxStatus::Idle {
@@ -316,6 +320,11 @@ impl Session {
             }
             if (self.terminated || client_eof) && self.cout.is_empty() {
                 return Ok(());
+            }
+            // The backend has finished what a buffered client batch was waiting for: handle
+            // that batch now rather than after the next socket event (there may be none).
+            if was_blocked && !self.blocked && !self.cin.is_empty() {
+                continue;
             }
             let read_client =
                 !client_eof && !self.terminated && self.bout.len() < HIGH_WATER && !self.skip_client_reads();
@@ -384,8 +393,27 @@ impl Session {
         }
     }
 
-    /// Client frames are held back while the backend is still busy with a batch that a new
-    /// batch may not follow on the same connection.
+    /// Writes what is buffered for the client once, without waiting: what the socket does not
+    /// take now is written by the command loop as usual.
+    async fn try_flush_client<S: AsyncWrite + Unpin>(&mut self, client: &mut S) -> Result<(), Error> {
+        if self.cout.is_empty() {
+            return Ok(());
+        }
+        let cout = &self.cout;
+        let r = std::future::poll_fn(|cx| {
+            Poll::Ready(match StdPin::new(&mut *client).poll_write(cx, &cout[..]) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            })
+        })
+        .await;
+        if let Some(r) = r {
+            let n = r.map_err(Error::ClientIo)?;
+            self.cout.advance(n);
+        }
+        Ok(())
+    }
+
     /// An idle session keeps no large buffers: after a big result or COPY they go back to
     /// the allocator instead of staying with the client for the rest of its session.
     fn shrink_idle_buffers(&mut self) {
