@@ -290,7 +290,8 @@ impl Pools {
             .timeouts(Timeouts {
                 wait: Some(settings.checkout_timeout),
                 create: Some(settings.connect_timeout),
-                recycle: Some(Duration::from_secs(5)),
+                // recycling is a non-blocking read (see `Manager::recycle`): nothing to time
+                recycle: None,
             })
             .build()
             .expect("pool with a runtime and valid size");
@@ -350,7 +351,15 @@ impl Pools {
 
 /// Checks a connection out of `pool`, mapping deadpool's errors to ours.
 pub async fn checkout(pool: &Pool) -> Result<PooledConn, PoolError> {
-    pool.get().await.map_err(|e| match e {
+    // The common case is an idle connection or room for a new one: take it without arming a
+    // timer. Only when the pool is exhausted does the checkout wait, with `checkout_timeout`
+    // (and in turn: the semaphore hands released connections to waiters first).
+    let now = Timeouts { wait: Some(Duration::ZERO), ..pool.timeouts() };
+    let got = match pool.timeout_get(&now).await {
+        Err(managed::PoolError::Timeout(managed::TimeoutType::Wait)) => pool.get().await,
+        got => got,
+    };
+    got.map_err(|e| match e {
         managed::PoolError::Timeout(managed::TimeoutType::Wait) => {
             PoolError::CheckoutTimeout(pool.timeouts().wait.unwrap_or_default())
         }

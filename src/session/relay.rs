@@ -40,6 +40,19 @@ const HIGH_WATER: usize = 256 << 10;
 /// Buffers larger than this are given back when a session goes idle.
 const IDLE_BUFFER_KEEP: usize = 16 << 10;
 
+/// Room made in a read buffer before each read, client side and backend side. A read fills at
+/// most the room there is: in a buffer whose room had been used up by earlier messages a batch
+/// arrived in pieces, one system call each. (Reserving in an emptied buffer takes its space
+/// back without allocating.)
+const CLIENT_READ_ROOM: usize = 512;
+const BACKEND_READ_ROOM: usize = 8 << 10;
+
+fn make_room(buf: &mut BytesMut, room: usize) {
+    if buf.capacity() - buf.len() < room {
+        buf.reserve(room);
+    }
+}
+
 /// The backend connection a session holds.
 pub(super) struct Backend {
     pub conn: PooledConn,
@@ -345,12 +358,14 @@ impl Session {
                         }
                     }
                     if cout.len() < HIGH_WATER {
+                        make_room(&mut c.rbuf, BACKEND_READ_ROOM);
                         if let Poll::Ready(r) = poll_read_buf(StdPin::new(&mut c.stream), cx, &mut c.rbuf) {
                             return Poll::Ready(Event::BackendRead(r));
                         }
                     }
                 }
                 if read_client {
+                    make_room(cin, CLIENT_READ_ROOM);
                     if let Poll::Ready(r) = poll_read_buf(StdPin::new(&mut *client), cx, cin) {
                         return Poll::Ready(Event::ClientRead(r));
                     }
