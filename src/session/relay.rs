@@ -44,7 +44,7 @@ const IDLE_BUFFER_KEEP: usize = 16 << 10;
 /// most the room there is: in a buffer whose room had been used up by earlier messages a batch
 /// arrived in pieces, one system call each. (Reserving in an emptied buffer takes its space
 /// back without allocating.)
-const CLIENT_READ_ROOM: usize = 512;
+const CLIENT_READ_ROOM: usize = 256;
 const BACKEND_READ_ROOM: usize = 8 << 10;
 
 fn make_room(buf: &mut BytesMut, room: usize) {
