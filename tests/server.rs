@@ -1,4 +1,4 @@
-//! The server around sessions: hostile input, TLS, Unix socket, graceful shutdown, the CLI.
+//! The server around sessions: hostile input, Unix socket, graceful shutdown, the CLI (TLS: tls.rs).
 
 mod common;
 
@@ -83,43 +83,6 @@ async fn hostile_input_never_harms_other_sessions() {
     let c = pg(&p.app_url()).await;
     assert_eq!(c.query_one("SELECT 9", &[]).await.unwrap().get::<_, i32>(0), 9);
     p.stop().await;
-}
-
-/// SSLRequest gets `S` and a real TLS session when a certificate is configured; with
-/// require_tls a plain client is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_and_require_tls() {
-    let dir = std::env::temp_dir().join(unique("pgsplit-tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
-    let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl made a certificate");
-    let mut cfg = config();
-    cfg.server.tls_cert = cert.display().to_string();
-    cfg.server.tls_key = key.display().to_string();
-    cfg.server.require_tls = true;
-    let p = Proxy::start(cfg).await;
-    let port = p.port();
-    let url = format!("postgresql://app:app@127.0.0.1:{port}/app?sslmode=require");
-    let out = Command::new("psql").args(["-X", "-Atc", "SELECT 'tls ok'", &url]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls ok");
-    let url = format!("postgresql://app:app@127.0.0.1:{port}/app?sslmode=disable");
-    let out = Command::new("psql").args(["-X", "-Atc", "SELECT 1", &url]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SSL connection is required"));
-    p.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

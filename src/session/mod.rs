@@ -4,6 +4,7 @@
 //! The session is the only orchestrator: it asks `router` where each batch goes, takes a
 //! connection from `pool`, and relays. Nothing imports this module but `server`.
 
+mod answers;
 mod auth;
 mod backend;
 mod commands;

@@ -1,7 +1,7 @@
-//! The command loop: client frames go to the backend chosen for their batch, backend frames
-//! come back to the client untouched (only their headers are read, and the few message types
-//! that change session state are decoded). Reads and writes on both sockets are driven from
-//! one `select!`, so a large result and a large pipeline can never wedge each other.
+//! The command loop: client frames go to the backend chosen for their batch (`dispatch`), backend
+//! frames come back to the client untouched (`answers`). Reads and writes on both sockets are
+//! driven from one poll over both, so a large result and a large pipeline can never wedge each
+//! other.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use pgsplit_protocol::framing::peek_header;
-use pgsplit_protocol::{BackendMessage, ErrorResponse, Limits, TxStatus};
+use pgsplit_protocol::{ErrorResponse, Limits, TxStatus};
 use std::future::Future;
 use std::pin::Pin as StdPin;
 use std::task::Poll;
@@ -17,19 +17,18 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
-use super::effects::{finish_batch, FinishCtx};
-use super::expect::{Action, Expectations};
+use super::expect::Expectations;
 use super::io::ClientIo;
-use super::retry::{hold, Held, Retry};
+use super::retry::Retry;
 use super::sqlprepare::SqlStatement;
 use super::state::SessionParams;
 use crate::cancel::Registration;
-use crate::clients::{ClientHandle, ClientState};
+use crate::clients::ClientHandle;
 use crate::config::PoolMode;
 use crate::config::{Mode, Reads};
 use crate::context::Context;
 use crate::error::Error;
-use crate::pool::{Credential, Pool, PooledConn, MAX_BACKEND_MESSAGE};
+use crate::pool::{Credential, Pool, PooledConn};
 use crate::router::freshness::WriteState;
 use crate::router::{Effect, Pin, Target};
 use crate::statements::Statement;
@@ -187,6 +186,9 @@ pub struct Session {
     pub(super) retry_due: Option<String>,
 
     pub(super) draining: bool,
+    /// Written to the client since its stream was last flushed: a TLS stream can take the
+    /// bytes and still hold records that the full socket did not accept.
+    pub(super) client_unflushed: bool,
     pub(super) terminated: bool,
 }
 
@@ -257,6 +259,7 @@ impl Session {
             retried: false,
             retry_due: None,
             draining: false,
+            client_unflushed: false,
             terminated: false,
         }
     }
@@ -344,10 +347,18 @@ impl Session {
             // Wait for whichever socket is ready first; writes go first so that what is
             // buffered leaves before more is read.
             let ev = std::future::poll_fn(|cx| {
-                let Session { cout, bout, cin, backend, draining, .. } = &mut *self;
+                let Session { cout, bout, cin, backend, draining, client_unflushed, .. } = &mut *self;
                 if !cout.is_empty() {
                     if let Poll::Ready(r) = StdPin::new(&mut *client).poll_write(cx, &cout[..]) {
                         return Poll::Ready(Event::ClientWrote(r));
+                    }
+                } else if *client_unflushed {
+                    // nothing left to write, but what was written may still be buffered (TLS):
+                    // push it out now, or when the socket has room (no-op for plain sockets)
+                    match StdPin::new(&mut *client).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => *client_unflushed = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::ClientWrote(Err(e))),
+                        Poll::Pending => {}
                     }
                 }
                 if let Some(b) = backend.as_mut() {
@@ -380,6 +391,7 @@ impl Session {
                 Event::ClientWrote(r) => {
                     let n = r.map_err(Error::ClientIo)?;
                     self.cout.advance(n);
+                    self.client_unflushed = true;
                 }
                 Event::BackendWrote(r) => {
                     let n = r.map_err(|_| Error::BackendLost)?;
@@ -425,6 +437,7 @@ impl Session {
         if let Some(r) = r {
             let n = r.map_err(Error::ClientIo)?;
             self.cout.advance(n);
+            self.client_unflushed = true;
         }
         Ok(())
     }
@@ -473,170 +486,9 @@ impl Session {
         }
     }
 
-    /// Handles every complete backend frame buffered so far.
-    pub(super) fn process_backend(&mut self) -> Result<(), Error> {
-        let Some(b) = self.backend.as_mut() else {
-            return Ok(());
-        };
-        let mut forget = Vec::new();
-        loop {
-            let conn = &mut *b.conn;
-            let h = match peek_header(&conn.rbuf, |_| MAX_BACKEND_MESSAGE) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(_) => {
-                    conn.broken = true;
-                    return Err(Error::BackendLost);
-                }
-            };
-            if conn.rbuf.len() < h.total {
-                conn.rbuf.reserve(h.total - conn.rbuf.len());
-                break;
-            }
-            let mut action = Action::Forward;
-            if !self.expect.is_empty() || h.tag == b'Z' {
-                let out = match self.retry.as_mut() {
-                    Some(r) if !r.open => &mut r.hold,
-                    _ => &mut self.cout,
-                };
-                self.expect.drain_synthetic(out);
-                action = self.expect.on_backend(h.tag, &mut forget);
-                for id in forget.drain(..) {
-                    conn.prepared.remove(&id);
-                }
-            }
-            let body = &conn.rbuf[5..h.total];
-            tracing::trace!(tag = %(h.tag as char), len = h.total, ?action, "backend message");
-            if self.retry.is_some() {
-                let code = if h.tag == b'E' { error_code(body) } else { "" };
-                let forward = action == Action::Forward;
-                match hold(&mut self.retry, &mut self.cout, h.tag, &conn.rbuf[..h.total], code, forward) {
-                    Held::Released => {}
-                    Held::Kept => action = Action::Drop,
-                    Held::Dropped => {
-                        conn.rbuf.advance(h.total);
-                        continue;
-                    }
-                    Held::RetryNow => {
-                        self.retry_due = Some(self.retry.as_ref().and_then(|r| r.failed.clone()).unwrap_or_default());
-                        return Ok(());
-                    }
-                }
-            }
-            match h.tag {
-                b'Z' => {
-                    let status = body.first().and_then(|b| TxStatus::from_byte(*b).ok()).ok_or(Error::BackendLost)?;
-                    self.tx = status;
-                    self.copy_in = false;
-                    if let Some(batch) = self.batches.pop_front() {
-                        let elapsed = batch.started.elapsed();
-                        crate::metrics::query_duration(batch.target, elapsed.as_secs_f64());
-                        self.ctx.stats.completed(elapsed.as_micros() as u64);
-                        if batch.ddl {
-                            self.ctx.topology.catalogs.refresh(&self.login.database);
-                        }
-                        if batch.wrote || self.tx_wrote {
-                            if status == TxStatus::Idle {
-                                let now = Instant::now();
-                                self.tx_wrote = false;
-                                let settings = self.ctx.settings();
-                                let mode = self.consistency_override.unwrap_or_else(|| {
-                                    settings.consistency.mode_for(&self.login.user, &self.login.database)
-                                });
-                                self.writes.wrote(now, mode, settings.consistency.time_window);
-                                self.ctx.topology.note_write(now);
-                            } else {
-                                self.tx_wrote = true;
-                            }
-                        }
-                        finish_batch(
-                            batch,
-                            status,
-                            &mut self.tx_effects,
-                            &mut self.tx_committed,
-                            &mut FinishCtx {
-                                params: &mut self.params,
-                                pins: &mut self.pins,
-                                statements: &mut self.statements,
-                                sql_statements: &mut self.sql_statements,
-                                conn,
-                            },
-                        );
-                        self.forces_primary = self.params.forces_primary();
-                        self.client.entry.set_pins(self.pins.iter().fold(0u8, |b, p| b | (1 << (*p as u8))));
-                    }
-                    if self.batches.is_empty() {
-                        self.blocked = false;
-                        self.client.entry.set_state(match status {
-                            TxStatus::Idle => ClientState::Idle,
-                            _ => ClientState::InTransaction,
-                        });
-                    }
-                }
-                b'E' => {
-                    if let Some(batch) = self.batches.front_mut() {
-                        batch.error = true;
-                    }
-                    self.copy_in = false;
-                    crate::metrics::error_sent(error_code(body));
-                }
-                b'C' => {
-                    self.copy_in = false;
-                    if !self.tx_effects.is_empty() {
-                        if body.starts_with(b"COMMIT") {
-                            self.tx_committed = Some(true);
-                        } else if body.starts_with(b"ROLLBACK") {
-                            self.tx_committed = Some(false);
-                        }
-                    }
-                }
-                b'S' => {
-                    if let Ok(BackendMessage::ParameterStatus { name, value }) = BackendMessage::decode(h.tag, body) {
-                        conn.set_param(name, value);
-                    }
-                }
-                b'G' => {
-                    self.copy_in = true;
-                    if !self.batch_open && self.batches.front().is_some_and(|b| b.extended) {
-                        self.copy_sync_ignored = true;
-                        self.copy_ended = false;
-                    }
-                }
-                _ => {}
-            }
-            if action == Action::Forward {
-                self.cout.extend_from_slice(&conn.rbuf[..h.total]);
-            }
-            conn.rbuf.advance(h.total);
-        }
-        if !self.expect.is_empty() {
-            let out = match self.retry.as_mut() {
-                Some(r) if !r.open => &mut r.hold,
-                _ => &mut self.cout,
-            };
-            self.expect.drain_synthetic(out);
-        }
-        Ok(())
-    }
-
     /// Reports an error for the request at hand and, for an extended batch, skips to its Sync.
     pub(super) fn report(&mut self, e: &ErrorResponse) {
         e.encode(&mut self.cout);
         crate::metrics::error_sent(e.code.code());
     }
-}
-
-/// The SQLSTATE of an ErrorResponse body, without decoding the rest.
-fn error_code(body: &[u8]) -> &str {
-    let mut i = 0;
-    while i < body.len() && body[i] != 0 {
-        let code = body[i];
-        let start = i + 1;
-        let end = body[start..].iter().position(|&b| b == 0).map(|p| start + p).unwrap_or(body.len());
-        if code == b'C' {
-            return std::str::from_utf8(&body[start..end]).unwrap_or("");
-        }
-        i = end + 1;
-    }
-    ""
 }

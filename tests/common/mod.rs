@@ -23,7 +23,10 @@ pub fn repo() -> PathBuf {
 pub fn cluster() {
     static UP: OnceLock<()> = OnceLock::new();
     UP.get_or_init(|| {
+        // -o: the servers cluster.sh starts must not inherit the lock, or every later test
+        // process would wait on it for as long as the cluster runs
         let out = Command::new("flock")
+            .arg("-o")
             .arg("/tmp/pgsplit-test-cluster.lock")
             .arg(repo().join("scripts/cluster.sh"))
             .arg("up")
