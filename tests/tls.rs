@@ -52,8 +52,7 @@ async fn tls_and_require_tls() {
     let out = Command::new("psql").args(["-X", "-Atc", "SELECT 'tls ok'", &url]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls ok");
-    // A result far larger than the socket buffers arrives whole: what the TLS layer still holds
-    // when the socket is full is flushed once the socket drains, not left for the next write.
+    // A result far larger than the socket buffers arrives whole over TLS.
     let big = tokio::task::spawn_blocking({
         let url = url.clone();
         move || {

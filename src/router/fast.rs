@@ -40,25 +40,11 @@ fn is_ident(b: u8) -> bool {
 }
 
 /// Characters PostgreSQL operators are made of.
+#[rustfmt::skip]
 fn is_operator_char(b: u8) -> bool {
     matches!(
         b,
-        b'+' | b'-'
-            | b'*'
-            | b'/'
-            | b'<'
-            | b'>'
-            | b'='
-            | b'~'
-            | b'!'
-            | b'@'
-            | b'#'
-            | b'%'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
+        b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?'
     )
 }
 

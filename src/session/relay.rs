@@ -325,7 +325,7 @@ impl Session {
             if self.releasable() {
                 // The answer leaves before the connection goes back: the client is waiting for
                 // it, and giving the connection back is work it need not wait for.
-                self.try_flush_client(client).await?;
+                self.write_client_now(client).await?;
                 self.release().await;
                 self.shrink_idle_buffers();
             } else if self.backend.is_some() && self.batches.is_empty() && self.tx == TxStatus::Idle {
@@ -388,11 +388,7 @@ impl Session {
             })
             .await;
             match ev {
-                Event::ClientWrote(r) => {
-                    let n = r.map_err(Error::ClientIo)?;
-                    self.cout.advance(n);
-                    self.client_unflushed = true;
-                }
+                Event::ClientWrote(r) => self.wrote_to_client(r)?,
                 Event::BackendWrote(r) => {
                     let n = r.map_err(|_| Error::BackendLost)?;
                     self.bout.advance(n);
@@ -420,9 +416,18 @@ impl Session {
         }
     }
 
+    /// Accounts for a write to the client: what it took leaves the buffer, and the stream may
+    /// now hold it until flushed.
+    fn wrote_to_client(&mut self, r: std::io::Result<usize>) -> Result<(), Error> {
+        let n = r.map_err(Error::ClientIo)?;
+        self.cout.advance(n);
+        self.client_unflushed = true;
+        Ok(())
+    }
+
     /// Writes what is buffered for the client once, without waiting: what the socket does not
     /// take now is written by the command loop as usual.
-    async fn try_flush_client<S: AsyncWrite + Unpin>(&mut self, client: &mut S) -> Result<(), Error> {
+    async fn write_client_now<S: AsyncWrite + Unpin>(&mut self, client: &mut S) -> Result<(), Error> {
         if self.cout.is_empty() {
             return Ok(());
         }
@@ -434,12 +439,10 @@ impl Session {
             })
         })
         .await;
-        if let Some(r) = r {
-            let n = r.map_err(Error::ClientIo)?;
-            self.cout.advance(n);
-            self.client_unflushed = true;
+        match r {
+            Some(r) => self.wrote_to_client(r),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// An idle session keeps no large buffers: after a big result or COPY they go back to
