@@ -331,3 +331,46 @@ async fn pgbench_all_query_modes() {
     }
     p.stop().await;
 }
+
+/// Least-outstanding balancing counts a read from the moment it queues for a connection, not
+/// only once it has one: with both replicas' only connections busy, reads that all prefer one
+/// replica (the one they read from last) spread over both queues instead of piling onto one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_reads_count_toward_replica_load() {
+    let mut cfg = config();
+    cfg.pool.size = 1;
+    cfg.pool.checkout_timeout = Duration::from_secs(20);
+    let p = Proxy::start(cfg).await;
+    p.wait_routable().await;
+    let holder_b = pg(&p.app_url()).await;
+    let holder_a = pg(&p.app_url()).await;
+    let waiters = pgs(&p.app_url(), 4).await;
+    // B holds one replica; every waiter then reads from the other one, which becomes the
+    // replica each of them prefers on a tie.
+    let b = tokio::spawn(async move { port_simple(&holder_b, "SELECT inet_server_port(), pg_sleep(3)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut first = Vec::new();
+    for w in &waiters {
+        first.push(port_simple(w, "SELECT inet_server_port()").await);
+    }
+    assert!(first.iter().all(|&port| port == first[0]), "warm-up reads all on the idle replica: {first:?}");
+    // A holds that replica too; now both are busy (one connection each).
+    let a = tokio::spawn(async move { port_simple(&holder_a, "SELECT inet_server_port(), pg_sleep(2)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut queued = Vec::new();
+    for w in waiters {
+        queued.push(tokio::spawn(async move { port_simple(&w, "SELECT inet_server_port()").await }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(a, first[0], "A ran on the replica the waiters read from");
+    assert_ne!(a, b, "A and B on different replicas");
+    let mut ports = Vec::new();
+    for q in queued {
+        ports.push(q.await.unwrap());
+    }
+    let on_a = ports.iter().filter(|&&port| port == a).count();
+    let on_b = ports.iter().filter(|&&port| port == b).count();
+    assert_eq!((on_a, on_b), (2, 2), "queued reads spread over both queues: {ports:?}");
+    p.stop().await;
+}

@@ -158,6 +158,27 @@ impl Snapshot {
     }
 }
 
+/// A request counted against a node's load (see [`Topology::load_guard`]).
+pub struct LoadGuard<'a> {
+    topology: &'a Topology,
+    node: Option<usize>,
+}
+
+impl LoadGuard<'_> {
+    /// The request got its connection: it stays counted until [`Topology::release`].
+    pub fn keep(mut self) {
+        self.node = None;
+    }
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.node {
+            self.topology.release(i);
+        }
+    }
+}
+
 /// The shared, always-readable topology.
 pub struct Topology {
     pub nodes: Vec<NodeAddr>,
@@ -221,6 +242,13 @@ impl Topology {
         if let Some(l) = self.loads.get(i) {
             l.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a request against node `i` until the guard is dropped or
+    /// [kept](LoadGuard::keep) (then [`release`](Self::release) ends it).
+    pub fn load_guard(&self, i: usize) -> LoadGuard<'_> {
+        self.acquire(i);
+        LoadGuard { topology: self, node: Some(i) }
     }
 
     pub fn next_round_robin(&self) -> usize {
@@ -347,5 +375,19 @@ mod tests {
         t.acquire(0);
         t.release(0);
         assert_eq!(t.load(0), 1);
+    }
+
+    #[test]
+    fn load_guard_counts_until_dropped_or_kept() {
+        let t = Topology::new(vec![NodeAddr { host: "a".into(), port: 1 }, NodeAddr { host: "b".into(), port: 2 }]);
+        {
+            let _waiting = t.load_guard(1);
+            assert_eq!(t.loads(), [0, 1], "counted while waiting");
+        }
+        assert_eq!(t.loads(), [0, 0], "a wait that gives up is no longer counted");
+        t.load_guard(1).keep();
+        assert_eq!(t.loads(), [0, 1], "a kept guard stays counted");
+        t.release(1);
+        assert_eq!(t.loads(), [0, 0]);
     }
 }

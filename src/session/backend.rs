@@ -83,6 +83,10 @@ impl Session {
             self.ctx.wait_unpaused().await;
         }
         let pool = self.pool_for(node);
+        // Counted from the moment the session queues for a connection, so that
+        // least-outstanding balancing sees the queues and not just the busy connections.
+        let topology = self.ctx.topology.clone();
+        let load = topology.load_guard(node);
         let started = Instant::now();
         self.client.entry.set_state(crate::clients::ClientState::Waiting);
         let conn = checkout(&pool).await;
@@ -115,7 +119,7 @@ impl Session {
             pool.manager().remember_params(fp, &conn.params);
         }
         self.cancel.slot.attach(CancelTarget { addr: conn.addr.clone(), pid: conn.pid, secret: conn.secret });
-        self.ctx.topology.acquire(node);
+        load.keep();
         self.client.entry.set_backend(Some(node), conn.pid);
         conn.set_in_use(true);
         self.backend = Some(Backend { conn, target, node });
