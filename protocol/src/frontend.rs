@@ -277,6 +277,23 @@ pub fn parse_statement(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
     Ok((name, sql))
 }
 
+/// Whether a Parse body declares exactly these parameter types (read without copying).
+pub fn parse_declares(body: &[u8], types: &[u32]) -> Result<bool, ProtocolError> {
+    let mut r = Reader::new(body);
+    r.cstr()?;
+    r.cstr()?;
+    let n = r.count(4)?;
+    if n != types.len() {
+        return Ok(false);
+    }
+    for &t in types {
+        if r.u32()? != t {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The portal and statement names at the head of a Bind body, and where the rest starts.
 /// Reads nothing else, so a Bind with large parameters costs nothing to route.
 pub fn bind_statement(body: &[u8]) -> Result<(&str, &str, usize), ProtocolError> {

@@ -9,7 +9,8 @@ use bytes::{Buf, BytesMut};
 use pgsplit_protocol::backend::encode_ready;
 use pgsplit_protocol::framing::{peek_header, FrameHeader};
 use pgsplit_protocol::frontend::{
-    bind_statement, encode_parse, encode_target, parse_statement, rewrite_bind, Target as DescribeTarget,
+    bind_statement, encode_parse, encode_target, parse_declares, parse_statement, rewrite_bind,
+    Target as DescribeTarget,
 };
 use pgsplit_protocol::{ErrorResponse, FrontendMessage, SqlState, TxStatus};
 
@@ -135,7 +136,13 @@ impl Session {
     /// synchronously while its other connections hold every backend in a transaction would
     /// otherwise wait for itself.
     fn prepare_locally(&mut self, end: usize) -> Result<bool, Error> {
-        if self.tx != TxStatus::Idle || end == 0 {
+        // The common batch starts with an unnamed Parse or a Bind: no decoding to see that.
+        let may_qualify = match self.cin.first() {
+            Some(b'S' | b'H') => true,
+            Some(b'P') => self.cin.get(5).is_some_and(|&b| b != 0),
+            _ => false,
+        };
+        if self.tx != TxStatus::Idle || end == 0 || !may_qualify {
             return Ok(false);
         }
         let mut parses = Vec::new();
@@ -394,6 +401,15 @@ impl Session {
         Ok(true)
     }
 
+    /// Whether a Parse body is an unnamed Parse of the text and types the session holds.
+    fn reparses_unnamed(&self, body: &[u8]) -> Result<bool, Error> {
+        let Some((last, types, _)) = &self.unnamed else {
+            return Ok(false);
+        };
+        let (name, sql) = parse_statement(body).map_err(protocol)?;
+        Ok(name.is_empty() && sql == last && parse_declares(body, types).map_err(protocol)?)
+    }
+
     fn forward_extended(&mut self, h: FrameHeader) -> Result<(), Error> {
         let frame: BytesMut = self.cin.split_to(h.total);
         let body = &frame[5..];
@@ -407,6 +423,19 @@ impl Session {
             }
         }
         match h.tag {
+            b'P' if self.reparses_unnamed(body)? => {
+                // The same unnamed statement again (libpq's PQexecParams): the session's copy
+                // and class stand; only where it now exists changes.
+                self.forget_local(DescribeTarget::Statement, "");
+                let b = self.backend.as_ref().expect("attached");
+                let (node, pid) = (b.node, b.conn.pid);
+                if let Some(u) = self.unnamed.as_mut() {
+                    u.2 = pid;
+                }
+                self.unnamed_node = Some(node);
+                self.bout.extend_from_slice(&frame);
+                self.track(Expect::Parse { swallow: false, id: None });
+            }
             b'P' => {
                 let FrontendMessage::Parse { name, sql, param_types } =
                     FrontendMessage::decode(b'P', body).map_err(protocol)?

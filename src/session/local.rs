@@ -50,6 +50,12 @@ impl LocalStatements {
     }
 }
 
+/// Whether `text` holds `pgsplit.` in any case: each `.` is looked for (memchr) and the seven
+/// bytes before it compared, rather than comparing at every position.
+fn mentions_pgsplit(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'.', text).any(|dot| dot >= 7 && text[dot - 7..dot].eq_ignore_ascii_case(b"pgsplit"))
+}
+
 impl Session {
     /// Whether the batch in `cin[..end]` may concern pgsplit commands (a cheap look before
     /// [`Session::local_batch`] decodes it).
@@ -59,7 +65,7 @@ impl Session {
         }
         let mut found = false;
         let _ = self.frames(end, |tag, body| {
-            found |= tag == b'P' && body.windows(8).any(|w| w.eq_ignore_ascii_case(b"pgsplit."));
+            found |= tag == b'P' && mentions_pgsplit(body);
             Ok(())
         });
         found
@@ -239,5 +245,27 @@ impl Session {
             Ok(())
         })?;
         Ok(any.then_some((steps, all)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mentions_pgsplit;
+
+    #[test]
+    fn pgsplit_mentions_in_any_case() {
+        for (text, found) in [
+            ("SET pgsplit.consistency = 'strong'", true),
+            ("show PgSplit.last_route", true),
+            ("pgsplit.x", true),
+            ("SELECT 1 FROM s.t WHERE a.b = 2 AND x_pgsplit.y = 1", true),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = $1", false),
+            ("SELECT pgsplit FROM t", false),
+            ("gsplit.x", false),
+            (".pgsplit", false),
+            ("", false),
+        ] {
+            assert_eq!(mentions_pgsplit(text.as_bytes()), found, "{text}");
+        }
     }
 }
