@@ -163,10 +163,13 @@ impl Manager {
 }
 
 impl managed::Manager for Manager {
-    type Type = ServerConn;
+    /// Boxed: the pool moves a connection several times per checkout and return, and a
+    /// pointer moves for less than the struct (about 2,000 instructions per transaction of
+    /// `memcpy` unboxed).
+    type Type = Box<ServerConn>;
     type Error = PoolError;
 
-    async fn create(&self) -> Result<ServerConn, PoolError> {
+    async fn create(&self) -> Result<Box<ServerConn>, PoolError> {
         let cred = self.credential.read().expect("credential lock").clone();
         // Boxed: the connect state machine is large, and every session future that may check
         // out a connection would otherwise carry its size.
@@ -182,7 +185,7 @@ impl managed::Manager for Manager {
             Ok(mut c) => {
                 tracing::debug!(pool = %self.key, "backend connection opened");
                 c.registration = Some(self.servers.register(&self.key, c.pid));
-                Ok(c)
+                Ok(Box::new(c))
             }
             Err(e) => {
                 tracing::warn!(pool = %self.key, error = %e, "backend connection failed");
@@ -191,7 +194,7 @@ impl managed::Manager for Manager {
         }
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, metrics: &Metrics) -> RecycleResult<PoolError> {
+    async fn recycle(&self, conn: &mut Box<ServerConn>, metrics: &Metrics) -> RecycleResult<PoolError> {
         if conn.broken {
             return Err(RecycleError::message("broken"));
         }
