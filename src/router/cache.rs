@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::{classify_full, fast::classify_fast, ClassRef};
+use super::{classify_full, fast::classify_fast_shared, ClassRef};
 
 /// Statements longer than this are classified every time rather than cached (they are rare and
 /// would crowd the cache).
@@ -35,8 +35,8 @@ impl Classifier {
     }
 
     pub fn classify_with_source(&self, sql: &str) -> (ClassRef, Source) {
-        if let Some(c) = classify_fast(sql) {
-            return (Arc::new(c), Source::Fast);
+        if let Some(c) = classify_fast_shared(sql) {
+            return (c, Source::Fast);
         }
         if sql.len() <= MAX_CACHED_LEN {
             if let Some(c) = self.cache.lock().expect("classifier cache").get(sql) {

@@ -8,7 +8,10 @@
 //! * `INSERT` / `UPDATE` / `DELETE` mentioning no function with session effects: a write;
 //! * bare `BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `START TRANSACTION`.
 
-use super::{Class, Need, TxControl};
+use std::cell::RefCell;
+use std::sync::{Arc, LazyLock};
+
+use super::{Class, ClassRef, Need, TxControl};
 
 /// Words that, after `SELECT`, make the fast path give up. (A `match` rather than a list: it
 /// runs for every word of every statement.)
@@ -50,8 +53,8 @@ fn is_operator_char(b: u8) -> bool {
 
 /// A lexical token the fast path looks at.
 enum Token<'a> {
-    /// A word: lower-cased (ASCII only, as PostgreSQL folds identifiers), and as written.
-    Word { lower: &'a [u8], text: &'a str },
+    /// A word, lower-cased (ASCII only, as PostgreSQL folds identifiers).
+    Word { lower: &'a [u8] },
     /// A run of operator characters (or `*`, which might be one).
     Operator(&'a str),
 }
@@ -75,7 +78,7 @@ fn tokens(sql: &str, mut f: impl FnMut(Token<'_>) -> bool) -> Option<()> {
             lower.copy_from_slice(&b[start..i]);
             lower.make_ascii_lowercase();
             // bytes >= 0x80 belong to words, so a word never splits a character
-            if !f(Token::Word { lower, text: &sql[start..i] }) {
+            if !f(Token::Word { lower }) {
                 return None;
             }
             continue;
@@ -120,47 +123,64 @@ fn tokens(sql: &str, mut f: impl FnMut(Token<'_>) -> bool) -> Option<()> {
     Some(())
 }
 
-pub fn classify_fast(sql: &str) -> Option<Class> {
+/// The statement without surrounding space and trailing `;`, and that split after its first
+/// word.
+fn first_word(sql: &str) -> (&str, &str, &str) {
     let s = sql.trim();
     let s = s.strip_suffix(';').unwrap_or(s).trim_end();
     let first_end = s.bytes().position(|c| !c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let first = &s[..first_end];
+    let (first, rest) = s.split_at(first_end);
+    (s, first, rest)
+}
+
+/// What decides a fast-path SELECT's class.
+enum Part<'a> {
+    /// A word that may name a relation, lower-cased.
+    Relation(&'a [u8]),
+    /// An operator as PostgreSQL will see it.
+    Operator(&'a str),
+}
+
+/// Walks what follows `SELECT` and calls `f` with its [`Part`]s in order. `None` when the fast
+/// path does not answer for this text.
+fn select_parts(rest: &str, mut f: impl FnMut(Part<'_>)) -> Option<()> {
+    tokens(rest, |t| match t {
+        Token::Word { lower: w, .. } => {
+            if is_select_stop(w) || w.starts_with(b"pg_") {
+                return false;
+            }
+            if !is_keyword(w) && !w[0].is_ascii_digit() {
+                f(Part::Relation(w));
+            }
+            // the operators PostgreSQL turns these keywords into
+            let ops: &[&str] = match w {
+                b"like" => &["~~", "!~~"],
+                b"ilike" => &["~~*", "!~~*"],
+                _ => &[],
+            };
+            ops.iter().for_each(|op| f(Part::Operator(op)));
+            true
+        }
+        Token::Operator(op) => {
+            f(Part::Operator(op));
+            true
+        }
+    })
+}
+
+pub fn classify_fast(sql: &str) -> Option<Class> {
+    let (s, first, rest) = first_word(sql);
     if first.eq_ignore_ascii_case("select") {
         let mut relations = Vec::with_capacity(4);
         let mut operators: Vec<String> = Vec::with_capacity(2);
-        let mut ok = true;
-        tokens(&s[first_end..], |t| match t {
-            Token::Word { lower: w, text } => {
-                if is_select_stop(w) || w.starts_with(b"pg_") {
-                    ok = false;
-                    return false;
-                }
-                if !is_keyword(w) && !w[0].is_ascii_digit() {
-                    relations.push(text.to_ascii_lowercase());
-                }
-                // the operators PostgreSQL turns these keywords into
-                let ops: &[&str] = match w {
-                    b"like" => &["~~", "!~~"],
-                    b"ilike" => &["~~*", "!~~*"],
-                    _ => &[],
-                };
-                for op in ops {
-                    if !operators.iter().any(|o| o == op) {
-                        operators.push((*op).to_owned());
-                    }
-                }
-                true
-            }
-            Token::Operator(op) => {
+        select_parts(rest, |part| match part {
+            Part::Relation(w) => relations.push(String::from_utf8_lossy(w).into_owned()),
+            Part::Operator(op) => {
                 if !operators.iter().any(|o| o == op) {
                     operators.push(op.to_owned());
                 }
-                true
             }
         })?;
-        if !ok {
-            return None;
-        }
         relations.sort();
         relations.dedup();
         let mut c = Class::new(Need::Read);
@@ -194,4 +214,84 @@ pub fn classify_fast(sql: &str) -> Option<Class> {
         "commit" | "end" | "rollback" | "abort" | "commit work" | "rollback work" => Some(tx(TxControl::End)),
         _ => None,
     }
+}
+
+/// The longest shape kept in the per-thread cache; a longer one is classified every time.
+const MAX_SHAPE: usize = 256;
+
+/// Slots of the per-thread shape cache (direct-mapped by a hash of the shape).
+const SHAPE_SLOTS: usize = 128;
+
+/// What decides a fast-path SELECT's class: its relation words and operators, in order, each
+/// followed by a space. Literals and numbers are not part of it, so `... WHERE aid = 1` and
+/// `... WHERE aid = 2` share a shape (and a class).
+struct Shape {
+    buf: [u8; MAX_SHAPE],
+    len: usize,
+    overflow: bool,
+}
+
+impl Shape {
+    fn push(&mut self, part: &[u8]) {
+        let end = self.len + part.len() + 1;
+        if end > MAX_SHAPE {
+            self.overflow = true;
+            return;
+        }
+        self.buf[self.len..end - 1].copy_from_slice(part);
+        self.buf[end - 1] = b' ';
+        self.len = end;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// FNV-1a: the shape is short and this runs once per statement.
+    fn slot(&self) -> usize {
+        let h = self
+            .bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        (h as usize) % SHAPE_SLOTS
+    }
+}
+
+type ShapeSlots = Vec<Option<(Box<[u8]>, ClassRef)>>;
+
+thread_local! {
+    /// Per worker thread, so that no lock is taken: a few kilobytes per thread.
+    static SHAPES: RefCell<ShapeSlots> = RefCell::new(vec![None; SHAPE_SLOTS]);
+}
+
+static WRITE: LazyLock<ClassRef> = LazyLock::new(|| Arc::new(Class::new(Need::Write)));
+
+/// [`classify_fast`] for the session's hot path, without allocating for the common shapes:
+/// a SELECT's class is shared by all texts of its [`Shape`] (kept per thread), and a
+/// fast-path write shares one class.
+pub fn classify_fast_shared(sql: &str) -> Option<ClassRef> {
+    let (_, first, rest) = first_word(sql);
+    if !first.eq_ignore_ascii_case("select") {
+        let c = classify_fast(sql)?;
+        return Some(if c == **WRITE { WRITE.clone() } else { Arc::new(c) });
+    }
+    let mut shape = Shape { buf: [0; MAX_SHAPE], len: 0, overflow: false };
+    select_parts(rest, |part| match part {
+        Part::Relation(w) => shape.push(w),
+        Part::Operator(op) => shape.push(op.as_bytes()),
+    })?;
+    if shape.overflow {
+        return classify_fast(sql).map(Arc::new);
+    }
+    let slot = shape.slot();
+    let hit = SHAPES.with_borrow(|slots| match &slots[slot] {
+        Some((key, class)) if **key == *shape.bytes() => Some(class.clone()),
+        _ => None,
+    });
+    if hit.is_some() {
+        return hit;
+    }
+    let class = Arc::new(classify_fast(sql)?);
+    SHAPES.with_borrow_mut(|slots| slots[slot] = Some((shape.bytes().into(), class.clone())));
+    Some(class)
 }

@@ -1,6 +1,6 @@
 //! Table tests for the classifier and the policy.
 
-use super::fast::classify_fast;
+use super::fast::{classify_fast, classify_fast_shared};
 use super::*;
 
 fn need(sql: &str) -> Need {
@@ -262,6 +262,11 @@ fn fast_path_agrees_with_full_parse() {
     ];
     for sql in corpus {
         let full = classify_full(sql);
+        // the hot path's shared classes are the fast path's, for every text (the second time
+        // from the per-thread shape cache)
+        for _ in 0..2 {
+            assert_eq!(classify_fast_shared(sql).as_deref(), classify_fast(sql).as_ref(), "{sql}");
+        }
         if let Some(fast) = classify_fast(sql) {
             assert_eq!(fast.need, full.need, "{sql}");
             assert_eq!(fast.tx, full.tx, "{sql}");
@@ -491,4 +496,35 @@ mod policy_table {
         assert_eq!(r.reads_for("app", "ledger", ""), Reads::Primary);
         assert_eq!(r.reads_for("app", "app", ""), Reads::Replicas);
     }
+}
+
+#[test]
+fn fast_path_shapes_share_a_class() {
+    let shared = |sql: &str| classify_fast_shared(sql).unwrap_or_else(|| panic!("{sql}: no fast path"));
+    // only literals differ: one class
+    let a = shared("SELECT abalance FROM pgbench_accounts WHERE aid = 1;");
+    let b = shared("select abalance from PGBENCH_ACCOUNTS where aid = 99999");
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(Arc::ptr_eq(&a, &shared("SELECT abalance FROM pgbench_accounts WHERE aid = 'x'")));
+    // another relation, another operator, or an operator from a keyword: another class
+    for other in [
+        "SELECT abalance FROM pgbench_branches WHERE aid = 1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid < 1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid LIKE 'x'",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 1 AND bid = 2",
+    ] {
+        let c = shared(other);
+        assert!(!Arc::ptr_eq(&a, &c), "{other}");
+        assert_eq!(*c, classify_fast(other).unwrap(), "{other}");
+    }
+    // a shape too long to keep is still classified
+    let long = format!("SELECT {} FROM t", vec!["some_column_name"; 40].join(", "));
+    assert!(long.len() > 256);
+    assert_eq!(classify_fast_shared(&long).as_deref(), classify_fast(&long).as_ref());
+    // fast-path writes share one class; what the fast path leaves alone stays left
+    let w = shared("UPDATE t SET a = 1 WHERE id = 2");
+    assert!(Arc::ptr_eq(&w, &shared("INSERT INTO t VALUES (1)")));
+    assert_eq!(w.need, Need::Write);
+    assert!(classify_fast_shared("SELECT * FROM t FOR UPDATE").is_none());
+    assert!(classify_fast_shared("SELECT nextval('s')").is_none());
 }
