@@ -16,7 +16,9 @@
 # BENCH_WRITE_DOC (1: update docs/benchmarks.md), BENCH_PORT (26432).
 # Two more targets can be named in BENCH_TARGETS: "replica" (a direct connection to the first
 # replica: the baseline for reads that pgsplit routes there) and "pgsplit-primary" (a second
-# pgsplit with routing.reads = primary: the same work as PgBouncer, one node).
+# pgsplit with routing.reads = primary: the same work as PgBouncer, one node). A third,
+# "pgsplit-b", runs another pgsplit binary, BENCH_SPLIT_B, configured as "pgsplit": two builds
+# side by side in one run (an A/B of a change).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -39,7 +41,7 @@ export PGCLUSTER_DIR=$ROOT/.cluster-bench PGCLUSTER_PORT=$PORT PGCLUSTER_REPLICA
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 PGBENCH=$BIN/pgbench
 CLK_TCK=$(getconf CLK_TCK)
-CMDLINE="BENCH_CLIENTS=$CLIENTS BENCH_THREADS=$THREADS BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS BENCH_SCALE=$SCALE BENCH_EXTRA=${BENCH_EXTRA:-0} BENCH_TARGETS=\"$TARGETS\" BENCH_WORKLOADS=\"$WORKLOADS\" scripts/bench.sh"
+CMDLINE="BENCH_CLIENTS=$CLIENTS BENCH_THREADS=$THREADS BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS BENCH_SCALE=$SCALE BENCH_EXTRA=${BENCH_EXTRA:-0} BENCH_TARGETS=\"$TARGETS\" BENCH_WORKLOADS=\"$WORKLOADS\" ${BENCH_SPLIT_B:+BENCH_SPLIT_B=$BENCH_SPLIT_B }scripts/bench.sh"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 PIDS=()
@@ -84,6 +86,17 @@ if [[ " $TARGETS " == *" pgsplit-primary "* ]]; then
     --pool-size 20 --log-level warn >"$WORK/pgsplit-primary.log" 2>&1 &
   SPLIT_PRIMARY_PID=$!
   PIDS+=("$SPLIT_PRIMARY_PID")
+fi
+
+SPLIT_B_PORT=$((PORT + 66))
+SPLIT_B_PID=""
+if [[ " $TARGETS " == *" pgsplit-b "* ]]; then
+  [ -x "${BENCH_SPLIT_B:-}" ] || { log "the pgsplit-b target needs BENCH_SPLIT_B=<a pgsplit binary>"; exit 1; }
+  "$BENCH_SPLIT_B" --listen "127.0.0.1:$SPLIT_B_PORT" --admin-listen "" \
+    --primary "$PRIMARY_URL" --replica "127.0.0.1:$((PORT + 1))" --replica "127.0.0.1:$((PORT + 2))" \
+    --pool-size 20 --log-level warn >"$WORK/pgsplit-b.log" 2>&1 &
+  SPLIT_B_PID=$!
+  PIDS+=("$SPLIT_B_PID")
 fi
 
 # --- PgBouncer (transaction pooling, primary only; it refuses to run as root) ---
@@ -166,6 +179,7 @@ port_of() {
     replica) echo "$((PORT + 1))" ;;
     pgsplit) echo "$SPLIT_PORT" ;;
     pgsplit-primary) echo "$SPLIT_PRIMARY_PORT" ;;
+    pgsplit-b) echo "$SPLIT_B_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     pgpool) echo "$POOL_PORT" ;;
   esac
@@ -174,6 +188,7 @@ pid_of() {
   case "$1" in
     pgsplit) echo "$SPLIT_PID" ;;
     pgsplit-primary) echo "$SPLIT_PRIMARY_PID" ;;
+    pgsplit-b) echo "$SPLIT_B_PID" ;;
     pgbouncer) echo "$BOUNCER_PID" ;;
     pgpool) echo "$POOL_PID" ;;
     *) echo "" ;;
