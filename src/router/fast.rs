@@ -145,7 +145,7 @@ enum Part<'a> {
 /// path does not answer for this text.
 fn select_parts(rest: &str, mut f: impl FnMut(Part<'_>)) -> Option<()> {
     tokens(rest, |t| match t {
-        Token::Word { lower: w, .. } => {
+        Token::Word { lower: w } => {
             if is_select_stop(w) || w.starts_with(b"pg_") {
                 return false;
             }
