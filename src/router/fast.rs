@@ -38,17 +38,44 @@ fn is_keyword(w: &[u8]) -> bool {
     )
 }
 
-fn is_ident(b: u8) -> bool {
+const fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
 /// Characters PostgreSQL operators are made of.
 #[rustfmt::skip]
-fn is_operator_char(b: u8) -> bool {
+const fn is_operator_char(b: u8) -> bool {
     matches!(
         b,
         b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?'
     )
+}
+
+const OTHER: u8 = 0;
+const IDENT: u8 = 1;
+const OPERATOR: u8 = 2;
+
+/// Each byte's class, [`IDENT`] or [`OPERATOR`] or [`OTHER`]: one load per byte where the
+/// tests above are a chain of comparisons.
+static BYTE_CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if is_ident(b) {
+            IDENT
+        } else if is_operator_char(b) {
+            OPERATOR
+        } else {
+            OTHER
+        };
+        i += 1;
+    }
+    t
+};
+
+fn class_of(b: u8) -> u8 {
+    BYTE_CLASS[usize::from(b)]
 }
 
 /// A lexical token the fast path looks at.
@@ -69,23 +96,24 @@ fn tokens(sql: &str, mut f: impl FnMut(Token<'_>) -> bool) -> Option<()> {
     let mut word = [0u8; 63];
     while i < b.len() {
         let c = b[i];
-        if is_ident(c) {
-            let start = i;
-            while i < b.len() && is_ident(b[i]) {
+        let class = class_of(c);
+        if class == IDENT {
+            // lower-cased as it is read; bytes >= 0x80 belong to words, so a word never
+            // splits a character
+            let mut n = 0;
+            while i < b.len() && class_of(b[i]) == IDENT {
+                *word.get_mut(n)? = b[i].to_ascii_lowercase();
+                n += 1;
                 i += 1;
             }
-            let lower = word.get_mut(..i - start)?;
-            lower.copy_from_slice(&b[start..i]);
-            lower.make_ascii_lowercase();
-            // bytes >= 0x80 belong to words, so a word never splits a character
-            if !f(Token::Word { lower }) {
+            if !f(Token::Word { lower: &word[..n] }) {
                 return None;
             }
             continue;
         }
-        if is_operator_char(c) && c != b'-' && c != b'/' {
+        if class == OPERATOR && c != b'-' && c != b'/' {
             let start = i;
-            while i < b.len() && is_operator_char(b[i]) {
+            while i < b.len() && class_of(b[i]) == OPERATOR {
                 i += 1;
             }
             let op = &sql[start..i];
