@@ -8,14 +8,16 @@
 #
 # For each binary: starts it under callgrind against a local cluster (primary + 2 replicas),
 # warms up with 300 transactions, zeroes the counters, runs INSN_TX transactions of
-# `pgbench -S -M INSN_MODE` with INSN_CLIENTS clients, and prints instructions per transaction
-# and the heaviest pgsplit functions (inclusive). Env: INSN_TX (2000), INSN_MODE (simple),
-# INSN_CLIENTS (1), INSN_PORT (28432), INSN_TOP (12).
+# `pgbench -b INSN_BUILTIN -M INSN_MODE` with INSN_CLIENTS clients, and prints instructions per
+# transaction and the heaviest pgsplit functions (inclusive). Env: INSN_TX (2000), INSN_MODE
+# (simple), INSN_BUILTIN (select-only; tpcb-like is the read/write script), INSN_CLIENTS (1),
+# INSN_PORT (28432), INSN_TOP (12).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TX=${INSN_TX:-2000}
 MODE=${INSN_MODE:-simple}
+BUILTIN=${INSN_BUILTIN:-select-only}
 CLIENTS=${INSN_CLIENTS:-1}
 PORT=${INSN_PORT:-28432}
 TOP=${INSN_TOP:-12}
@@ -50,7 +52,7 @@ for r in 1 2; do
   until [ "$(PGPASSWORD=postgres psql -X -Atq -h 127.0.0.1 -p $((PORT + r)) -U postgres -d app -c "SELECT count(*) FROM pgbench_branches" 2>/dev/null)" = 1 ]; do sleep 0.5; done
 done
 
-pgbench() { PGPASSWORD=app "$BIN/pgbench" -n -S -M "$MODE" -c "$CLIENTS" -h 127.0.0.1 -p "$SPLIT_PORT" -U app app "$@"; }
+pgbench() { PGPASSWORD=app "$BIN/pgbench" -n -b "$BUILTIN" -M "$MODE" -c "$CLIENTS" -h 127.0.0.1 -p "$SPLIT_PORT" -U app app "$@"; }
 n=0
 for b in "${BINARIES[@]}"; do
   n=$((n + 1))
@@ -75,7 +77,7 @@ for b in "${BINARIES[@]}"; do
   VG_PID=""
   # the dump after zeroing holds exactly the measured transactions
   total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
-  echo "$b: $((total / TX)) instructions per transaction ($total for $TX, -M $MODE, $CLIENTS client(s))"
+  echo "$b: $((total / TX)) instructions per transaction ($total for $TX, -b $BUILTIN -M $MODE, $CLIENTS client(s))"
   # the heaviest functions of pgsplit's own source, inclusive (inlined code is listed under
   # the file it was written in, so only lines whose file is in this repository are kept)
   callgrind_annotate --inclusive=yes "$out.1" 2>/dev/null \

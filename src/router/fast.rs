@@ -9,6 +9,8 @@
 //! * bare `BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `START TRANSACTION`.
 
 use std::cell::RefCell;
+
+use aho_corasick::AhoCorasick;
 use std::sync::{Arc, LazyLock};
 
 use super::{Class, ClassRef, Need, TxControl};
@@ -24,6 +26,14 @@ fn is_select_stop(w: &[u8]) -> bool {
 
 /// Substrings that make a write need the full parse (session effects hide in function calls).
 const WRITE_STOP: &[&str] = &["currval", "lastval", "set_config", "advisory", "pg_temp", "with", "temp"];
+
+/// What makes a write leave the fast path: [`WRITE_STOP`] anywhere (literals too, in any
+/// case), a second statement, a comment, a quoted identifier or a backslash. One automaton,
+/// one pass over the text.
+static WRITE_GIVE_UP: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let patterns = WRITE_STOP.iter().copied().chain([";", "--", "/*", "\"", "\\"]);
+    AhoCorasick::builder().ascii_case_insensitive(true).build(patterns).expect("fixed patterns")
+});
 
 /// SQL keywords that are not relation names (for the relation list of a fast-path read).
 #[rustfmt::skip]
@@ -218,30 +228,23 @@ pub fn classify_fast(sql: &str) -> Option<Class> {
         return Some(c);
     }
     if ["insert", "update", "delete"].iter().any(|k| first.eq_ignore_ascii_case(k)) {
-        if s.contains(';') || s.contains("--") || s.contains("/*") || s.contains('"') || s.contains('\\') {
-            return None;
-        }
-        let lower = s.to_ascii_lowercase();
-        if WRITE_STOP.iter().any(|w| lower.contains(w)) {
-            return None;
-        }
-        return Some(Class::new(Need::Write));
+        return (!WRITE_GIVE_UP.is_match(s)).then(|| Class::new(Need::Write));
     }
     let tx = |t| {
         let mut c = Class::new(Need::Read);
         c.tx = Some(t);
         c
     };
-    let lower = s.to_ascii_lowercase();
-    match lower.as_str() {
-        "begin" | "start transaction" | "begin transaction" | "begin work" => {
-            let mut c = tx(TxControl::Begin { read_only: false, serializable: false });
-            c.need = Need::TxControl;
-            Some(c)
-        }
-        "commit" | "end" | "rollback" | "abort" | "commit work" | "rollback work" => Some(tx(TxControl::End)),
-        _ => None,
+    let is = |words: &[&str]| words.iter().any(|w| s.eq_ignore_ascii_case(w));
+    if is(&["begin", "start transaction", "begin transaction", "begin work"]) {
+        let mut c = tx(TxControl::Begin { read_only: false, serializable: false });
+        c.need = Need::TxControl;
+        return Some(c);
     }
+    if is(&["commit", "end", "rollback", "abort", "commit work", "rollback work"]) {
+        return Some(tx(TxControl::End));
+    }
+    None
 }
 
 /// The longest shape kept in the per-thread cache; a longer one is classified every time.
@@ -292,16 +295,19 @@ thread_local! {
     static SHAPES: RefCell<ShapeSlots> = RefCell::new(vec![None; SHAPE_SLOTS]);
 }
 
-static WRITE: LazyLock<ClassRef> = LazyLock::new(|| Arc::new(Class::new(Need::Write)));
+/// The classes of fast-path writes and of bare `BEGIN` and `COMMIT`/`ROLLBACK`, shared.
+static SHARED: LazyLock<[ClassRef; 3]> = LazyLock::new(|| {
+    ["UPDATE t SET a = 1", "BEGIN", "COMMIT"].map(|sql| Arc::new(classify_fast(sql).expect("a fast-path statement")))
+});
 
 /// [`classify_fast`] for the session's hot path, without allocating for the common shapes:
-/// a SELECT's class is shared by all texts of its [`Shape`] (kept per thread), and a
-/// fast-path write shares one class.
+/// a SELECT's class is shared by all texts of its [`Shape`] (kept per thread), and fast-path
+/// writes and transaction statements share theirs.
 pub fn classify_fast_shared(sql: &str) -> Option<ClassRef> {
     let (_, first, rest) = first_word(sql);
     if !first.eq_ignore_ascii_case("select") {
         let c = classify_fast(sql)?;
-        return Some(if c == **WRITE { WRITE.clone() } else { Arc::new(c) });
+        return Some(SHARED.iter().find(|shared| ***shared == c).cloned().unwrap_or_else(|| Arc::new(c)));
     }
     let mut shape = Shape { buf: [0; MAX_SHAPE], len: 0, overflow: false };
     select_parts(rest, |part| match part {
@@ -322,4 +328,55 @@ pub fn classify_fast_shared(sql: &str) -> Option<ClassRef> {
     let class = Arc::new(classify_fast(sql)?);
     SHAPES.with_borrow_mut(|slots| slots[slot] = Some((shape.bytes().into(), class.clone())));
     Some(class)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the automaton replaced: a scan of the whole text per character and stop word.
+    fn by_substrings(s: &str) -> bool {
+        let lower = s.to_ascii_lowercase();
+        [";", "--", "/*", "\"", "\\"].iter().any(|c| s.contains(c)) || WRITE_STOP.iter().any(|w| lower.contains(w))
+    }
+
+    #[test]
+    fn write_check_agrees_with_substrings() {
+        let corpus = [
+            "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 7",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP)",
+            "DELETE FROM t WHERE id = 1",
+            "INSERT INTO t VALUES (currval('s'))",
+            "INSERT INTO t VALUES (LASTVAL())",
+            "UPDATE t SET a = Set_Config('x', 'y', false)",
+            "UPDATE t SET a = pg_advisory_lock(1)",
+            "INSERT INTO pg_temp.t VALUES (1)",
+            "INSERT INTO mytemptable VALUES (1)",
+            "INSERT INTO t VALUES ('attempt')",
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+            "INSERT INTO t VALUES (1); DELETE FROM t",
+            "DELETE FROM t -- comment",
+            "DELETE FROM t /* comment */",
+            "DELETE FROM \"T\"",
+            "INSERT INTO t VALUES (E'\\n')",
+            "UPDATE t SET a = a - 1 WHERE b / 2 = 1",
+            "UPDATE t SET wit = 1, hw = 2, cur = 3, setting = 4",
+            "UPDATE TËMP SET a = 1",
+        ];
+        for sql in corpus {
+            assert_eq!(WRITE_GIVE_UP.is_match(sql), by_substrings(sql), "{sql}");
+            assert_eq!(classify_fast(sql).is_some(), !by_substrings(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn transaction_statements_in_any_case() {
+        for sql in ["begin", "BEGIN;", " Start Transaction ", "begin work", "COMMIT", "end;", "Rollback Work", "abort"]
+        {
+            assert!(classify_fast(sql).and_then(|c| c.tx).is_some(), "{sql}");
+        }
+        for sql in ["begin isolation level serializable", "start  transaction", "commit and chain"] {
+            assert!(classify_fast(sql).is_none(), "{sql}");
+        }
+    }
 }

@@ -525,6 +525,10 @@ fn fast_path_shapes_share_a_class() {
     let w = shared("UPDATE t SET a = 1 WHERE id = 2");
     assert!(Arc::ptr_eq(&w, &shared("INSERT INTO t VALUES (1)")));
     assert_eq!(w.need, Need::Write);
+    assert!(Arc::ptr_eq(&shared("BEGIN"), &shared("begin;")));
+    assert!(Arc::ptr_eq(&shared("COMMIT"), &shared("end")));
+    assert_eq!(shared("BEGIN").need, Need::TxControl);
+    assert!(shared("ROLLBACK").tx.is_some());
     assert!(classify_fast_shared("SELECT * FROM t FOR UPDATE").is_none());
     assert!(classify_fast_shared("SELECT nextval('s')").is_none());
 }
