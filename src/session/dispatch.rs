@@ -142,9 +142,13 @@ impl Session {
     /// another node; try again when it is done. A replica that cannot be reached is reported
     /// and the read goes to the primary instead.
     pub(super) async fn attach_for(&mut self, route: Route) -> Result<Option<Route>, Error> {
+        // Already on that node (every statement of a transaction after the first): no
+        // checkout, and no boxed future to allocate and fill.
+        let here = self.backend.as_ref().is_some_and(|b| self.node_for(route.target).is_ok_and(|n| n == b.node));
         // Boxed: checking out and syncing a connection is a large state machine, and every
         // idle session would otherwise carry its size.
-        let result = match Box::pin(self.attach(route.target)).await {
+        let attached = if here { Ok(Readiness::Ready) } else { Box::pin(self.attach(route.target)).await };
+        let result = match attached {
             Err(Error::Pool(e)) if matches!(route.target, Target::Replica(_)) && e.is_connection_failure() => {
                 tracing::warn!(error = %e, "replica unreachable; sending the read to the primary");
                 let fallback = Route { target: Target::Primary, reason: Reason::NoReplica };
