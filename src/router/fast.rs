@@ -227,22 +227,48 @@ pub fn classify_fast(sql: &str) -> Option<Class> {
         c.operators = operators;
         return Some(c);
     }
-    if ["insert", "update", "delete"].iter().any(|k| first.eq_ignore_ascii_case(k)) {
-        return (!WRITE_GIVE_UP.is_match(s)).then(|| Class::new(Need::Write));
+    fixed_kind(s, first).map(Fixed::class)
+}
+
+/// The fast path's statements besides SELECT: their class does not depend on the rest of the
+/// text.
+#[derive(Clone, Copy)]
+enum Fixed {
+    Write = 0,
+    Begin = 1,
+    End = 2,
+}
+
+impl Fixed {
+    fn class(self) -> Class {
+        let tx = |t| {
+            let mut c = Class::new(Need::Read);
+            c.tx = Some(t);
+            c
+        };
+        match self {
+            Fixed::Write => Class::new(Need::Write),
+            Fixed::Begin => {
+                let mut c = tx(TxControl::Begin { read_only: false, serializable: false });
+                c.need = Need::TxControl;
+                c
+            }
+            Fixed::End => tx(TxControl::End),
+        }
     }
-    let tx = |t| {
-        let mut c = Class::new(Need::Read);
-        c.tx = Some(t);
-        c
-    };
+}
+
+/// `s` (trimmed, without its `;`) as a [`Fixed`] statement, if it is one the fast path answers.
+fn fixed_kind(s: &str, first: &str) -> Option<Fixed> {
+    if ["insert", "update", "delete"].iter().any(|k| first.eq_ignore_ascii_case(k)) {
+        return (!WRITE_GIVE_UP.is_match(s)).then_some(Fixed::Write);
+    }
     let is = |words: &[&str]| words.iter().any(|w| s.eq_ignore_ascii_case(w));
     if is(&["begin", "start transaction", "begin transaction", "begin work"]) {
-        let mut c = tx(TxControl::Begin { read_only: false, serializable: false });
-        c.need = Need::TxControl;
-        return Some(c);
+        return Some(Fixed::Begin);
     }
     if is(&["commit", "end", "rollback", "abort", "commit work", "rollback work"]) {
-        return Some(tx(TxControl::End));
+        return Some(Fixed::End);
     }
     None
 }
@@ -295,19 +321,17 @@ thread_local! {
     static SHAPES: RefCell<ShapeSlots> = RefCell::new(vec![None; SHAPE_SLOTS]);
 }
 
-/// The classes of fast-path writes and of bare `BEGIN` and `COMMIT`/`ROLLBACK`, shared.
-static SHARED: LazyLock<[ClassRef; 3]> = LazyLock::new(|| {
-    ["UPDATE t SET a = 1", "BEGIN", "COMMIT"].map(|sql| Arc::new(classify_fast(sql).expect("a fast-path statement")))
-});
+/// The [`Fixed`] statements' classes, shared.
+static FIXED: LazyLock<[ClassRef; 3]> =
+    LazyLock::new(|| [Fixed::Write, Fixed::Begin, Fixed::End].map(|k| Arc::new(k.class())));
 
 /// [`classify_fast`] for the session's hot path, without allocating for the common shapes:
 /// a SELECT's class is shared by all texts of its [`Shape`] (kept per thread), and fast-path
 /// writes and transaction statements share theirs.
 pub fn classify_fast_shared(sql: &str) -> Option<ClassRef> {
-    let (_, first, rest) = first_word(sql);
+    let (s, first, rest) = first_word(sql);
     if !first.eq_ignore_ascii_case("select") {
-        let c = classify_fast(sql)?;
-        return Some(SHARED.iter().find(|shared| ***shared == c).cloned().unwrap_or_else(|| Arc::new(c)));
+        return fixed_kind(s, first).map(|k| FIXED[k as usize].clone());
     }
     let mut shape = Shape { buf: [0; MAX_SHAPE], len: 0, overflow: false };
     select_parts(rest, |part| match part {
