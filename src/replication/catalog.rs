@@ -29,6 +29,15 @@ impl Catalog {
     }
 }
 
+/// A session's memo of its database's catalog. It holds the set of loaded catalogs it was
+/// taken from, and is good while that set is the current one (every load or reload stores a
+/// new set), so a routing decision needs no lookup by name.
+#[derive(Default)]
+pub struct CatalogMemo {
+    set: Option<Arc<HashMap<String, Arc<Catalog>>>>,
+    catalog: Option<Arc<Catalog>>,
+}
+
 /// Catalogs of every database in use.
 #[derive(Default)]
 pub struct Catalogs {
@@ -41,6 +50,16 @@ pub struct Catalogs {
 impl Catalogs {
     pub fn get(&self, database: &str) -> Option<Arc<Catalog>> {
         self.loaded.load().get(database).cloned()
+    }
+
+    /// [`get`](Self::get) through a session's memo.
+    pub fn get_memo<'m>(&self, database: &str, memo: &'m mut CatalogMemo) -> Option<&'m Catalog> {
+        let set = self.loaded.load();
+        if !memo.set.as_ref().is_some_and(|s| Arc::ptr_eq(s, &set)) {
+            memo.catalog = set.get(database).cloned();
+            memo.set = Some(Arc::clone(&set));
+        }
+        memo.catalog.as_deref()
     }
 
     /// A client uses `database`: load its catalog if it is not loaded.
@@ -103,4 +122,29 @@ pub(crate) async fn load(conn: &mut sqlx::PgConnection) -> Result<Catalog, sqlx:
         unlogged: unlogged.into_iter().map(|(n,)| n).collect(),
         loaded_at: Some(Instant::now()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memo_follows_reloads() {
+        let catalogs = Catalogs::default();
+        let mut memo = CatalogMemo::default();
+        assert!(catalogs.get_memo("app", &mut memo).is_none(), "nothing loaded yet");
+        let mut c = Catalog::default();
+        c.unlogged.insert("a".into());
+        catalogs.store("app", c);
+        assert!(catalogs.get_memo("app", &mut memo).unwrap().unlogged.contains("a"), "a load is seen");
+        let mut c = Catalog::default();
+        c.unlogged.insert("b".into());
+        catalogs.store("app", c);
+        let now = catalogs.get_memo("app", &mut memo).unwrap();
+        assert!(now.unlogged.contains("b") && !now.unlogged.contains("a"), "a reload replaces it");
+        catalogs.store("other", Catalog::default());
+        assert!(catalogs.get_memo("app", &mut memo).unwrap().unlogged.contains("b"), "another database's load");
+        let mut other = CatalogMemo::default();
+        assert!(catalogs.get_memo("nowhere", &mut other).is_none());
+    }
 }

@@ -125,10 +125,10 @@ impl Session {
         let catalog = if class.functions.is_empty() && class.relations.is_empty() {
             None
         } else {
-            topo.catalogs.get(&self.login.database)
+            topo.catalogs.get_memo(&self.login.database, &mut self.catalog_memo)
         };
         let rr = if candidates.len() > 1 { topo.next_round_robin() } else { 0 };
-        let mut route = policy::route(class, &view, &candidates, catalog.as_deref(), cfg, rr);
+        let mut route = policy::route(class, &view, &candidates, catalog, cfg, rr);
         if route.reason == Reason::NoReplica && behind {
             route.reason = Reason::ReplicasBehind;
         }

@@ -180,6 +180,8 @@ pub struct Session {
     pub(super) avoid_node: Option<usize>,
     /// The replica this session last read from (wins balancing ties).
     pub(super) last_read: Option<usize>,
+    /// Its database's catalog facts, as of the last routing decision that needed them.
+    pub(super) catalog_memo: crate::replication::catalog::CatalogMemo,
     /// The batch being routed now is a retry: it gets no second one.
     pub(super) retried: bool,
     /// The armed read failed and has ended: retry it before anything else.
@@ -256,6 +258,7 @@ impl Session {
             retry: None,
             avoid_node: None,
             last_read: None,
+            catalog_memo: Default::default(),
             retried: false,
             retry_due: None,
             draining: false,
