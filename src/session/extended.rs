@@ -401,13 +401,37 @@ impl Session {
         Ok(true)
     }
 
-    /// Whether a Parse body is an unnamed Parse of the text and types the session holds.
-    fn reparses_unnamed(&self, body: &[u8]) -> Result<bool, Error> {
-        let Some((last, types, _)) = &self.unnamed else {
-            return Ok(false);
+    /// An unnamed Parse goes to the server as it is; the session keeps a copy (to re-create
+    /// the statement on another connection) and its class. The same text and parameter types
+    /// again (libpq's `PQexecParams`) leave the copy as it is: only where it exists changes.
+    fn forward_unnamed_parse(&mut self, frame: &[u8]) -> Result<(), Error> {
+        let body = &frame[5..];
+        self.forget_local(DescribeTarget::Statement, "");
+        let b = self.backend.as_ref().expect("attached");
+        let (node, pid) = (b.node, b.conn.pid);
+        let same = match &self.unnamed {
+            Some((last, types, _)) => {
+                parse_statement(body).map_err(protocol)?.1 == last && parse_declares(body, types).map_err(protocol)?
+            }
+            None => false,
         };
-        let (name, sql) = parse_statement(body).map_err(protocol)?;
-        Ok(name.is_empty() && sql == last && parse_declares(body, types).map_err(protocol)?)
+        if same {
+            if let Some(u) = self.unnamed.as_mut() {
+                u.2 = pid;
+            }
+        } else {
+            let FrontendMessage::Parse { sql, param_types, .. } =
+                FrontendMessage::decode(b'P', body).map_err(protocol)?
+            else {
+                unreachable!("a P frame decodes to Parse")
+            };
+            self.unnamed_class = Some(self.classify_parse(&sql));
+            self.unnamed = Some((sql, param_types, pid));
+        }
+        self.unnamed_node = Some(node);
+        self.bout.extend_from_slice(frame);
+        self.track(Expect::Parse { swallow: false, id: None });
+        Ok(())
     }
 
     fn forward_extended(&mut self, h: FrameHeader) -> Result<(), Error> {
@@ -423,35 +447,14 @@ impl Session {
             }
         }
         match h.tag {
-            b'P' if self.reparses_unnamed(body)? => {
-                // The same unnamed statement again (libpq's PQexecParams): the session's copy
-                // and class stand; only where it now exists changes.
-                self.forget_local(DescribeTarget::Statement, "");
-                let b = self.backend.as_ref().expect("attached");
-                let (node, pid) = (b.node, b.conn.pid);
-                if let Some(u) = self.unnamed.as_mut() {
-                    u.2 = pid;
-                }
-                self.unnamed_node = Some(node);
-                self.bout.extend_from_slice(&frame);
-                self.track(Expect::Parse { swallow: false, id: None });
-            }
+            b'P' if body.first() == Some(&0) => self.forward_unnamed_parse(&frame)?,
             b'P' => {
                 let FrontendMessage::Parse { name, sql, param_types } =
                     FrontendMessage::decode(b'P', body).map_err(protocol)?
                 else {
                     unreachable!("a P frame decodes to Parse")
                 };
-                if name.is_empty() {
-                    self.forget_local(DescribeTarget::Statement, "");
-                    let b = self.backend.as_ref().expect("attached");
-                    let (node, pid) = (b.node, b.conn.pid);
-                    self.unnamed_class = Some(self.classify_parse(&sql));
-                    self.unnamed = Some((sql, param_types, pid));
-                    self.unnamed_node = Some(node);
-                    self.bout.extend_from_slice(&frame);
-                    self.track(Expect::Parse { swallow: false, id: None });
-                } else if self.statements.contains_key(&name) || self.has_local_statement(&name) {
+                if self.statements.contains_key(&name) || self.has_local_statement(&name) {
                     let e = ErrorResponse::error(
                         SqlState::DUPLICATE_PREPARED_STATEMENT,
                         format!("prepared statement \"{name}\" already exists"),
