@@ -340,6 +340,10 @@ async fn queued_reads_count_toward_replica_load() {
     let mut cfg = config();
     cfg.pool.size = 1;
     cfg.pool.checkout_timeout = Duration::from_secs(20);
+    // Only balancing decides here: a lag monitor slowed down by a busy machine must not take a
+    // replica out of the candidates for a moment.
+    cfg.consistency.max_lag = Duration::from_secs(60);
+    cfg.consistency.stale_after = Duration::from_secs(60);
     let p = Proxy::start(cfg).await;
     p.wait_routable().await;
     let holder_b = pg(&p.app_url()).await;
