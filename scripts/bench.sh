@@ -13,7 +13,9 @@
 # BENCH_WORKLOADS ("select-simple select-extended select-prepared tpcb select-connect
 # select-1client"), BENCH_EXTRA=1 (also: 10,000 idle clients' RSS, 16 vs 1,000 clients, the
 # 1,000 for twice the duration),
-# BENCH_WRITE_DOC (1: update docs/benchmarks.md), BENCH_PORT (26432).
+# BENCH_WRITE_DOC (1: update docs/benchmarks.md), BENCH_PORT (26432), BENCH_BACKEND (tcp, or
+# unix: the proxies reach the servers over their Unix sockets, as a proxy on the database host
+# can; clients still connect to every target over TCP).
 # Two more targets can be named in BENCH_TARGETS: "replica" (a direct connection to the first
 # replica: the baseline for reads that pgsplit routes there) and "pgsplit-primary" (a second
 # pgsplit with routing.reads = primary: the same work as PgBouncer, one node). A third,
@@ -32,6 +34,7 @@ TARGETS=${BENCH_TARGETS:-"direct pgsplit pgbouncer pgpool"}
 WORKLOADS=${BENCH_WORKLOADS:-"select-simple select-extended select-prepared tpcb select-connect select-1client"}
 WRITE_DOC=${BENCH_WRITE_DOC:-1}
 PORT=${BENCH_PORT:-26432}
+BACKEND=${BENCH_BACKEND:-tcp}
 SPLIT_PORT=$((PORT + 60))
 SPLIT_ADMIN=$((PORT + 61))
 BOUNCER_PORT=$((PORT + 62))
@@ -41,7 +44,7 @@ export PGCLUSTER_DIR=$ROOT/.cluster-bench PGCLUSTER_PORT=$PORT PGCLUSTER_REPLICA
 BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 PGBENCH=$BIN/pgbench
 CLK_TCK=$(getconf CLK_TCK)
-CMDLINE="BENCH_CLIENTS=$CLIENTS BENCH_THREADS=$THREADS BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS BENCH_SCALE=$SCALE BENCH_EXTRA=${BENCH_EXTRA:-0} BENCH_TARGETS=\"$TARGETS\" BENCH_WORKLOADS=\"$WORKLOADS\" ${BENCH_SPLIT_B:+BENCH_SPLIT_B=$BENCH_SPLIT_B }scripts/bench.sh"
+CMDLINE="BENCH_CLIENTS=$CLIENTS BENCH_THREADS=$THREADS BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS BENCH_SCALE=$SCALE BENCH_EXTRA=${BENCH_EXTRA:-0} BENCH_BACKEND=$BACKEND BENCH_TARGETS=\"$TARGETS\" BENCH_WORKLOADS=\"$WORKLOADS\" ${BENCH_SPLIT_B:+BENCH_SPLIT_B=$BENCH_SPLIT_B }scripts/bench.sh"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 PIDS=()
@@ -63,7 +66,13 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 scripts/cluster.sh down >/dev/null 2>&1 || true
 scripts/cluster.sh up >/dev/null
-PRIMARY_URL="postgres://app:app@127.0.0.1:$PORT/app"
+# where the proxies find the servers: TCP, or the cluster's socket directory
+case "$BACKEND" in
+  tcp) NODE_HOST=127.0.0.1 PRIMARY_URL="postgres://app:app@127.0.0.1:$PORT/app" ;;
+  unix) NODE_HOST=$PGCLUSTER_DIR PRIMARY_URL="postgres://app:app@/app?host=$PGCLUSTER_DIR&port=$PORT" ;;
+  *) log "BENCH_BACKEND must be tcp or unix"; exit 1 ;;
+esac
+REPLICAS=(--replica "$NODE_HOST:$((PORT + 1))" --replica "$NODE_HOST:$((PORT + 2))")
 log "pgbench -i -s $SCALE"
 PGPASSWORD=app "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PORT" -U app app >/dev/null 2>&1
 # let the replicas replay the initial load
@@ -74,7 +83,7 @@ VERIFIER=$(PGPASSWORD=postgres psql -X -Atq -h 127.0.0.1 -p "$PORT" -U postgres 
 
 # --- pgsplit ---
 ./target/release/pgsplit --listen "127.0.0.1:$SPLIT_PORT" --admin-listen "127.0.0.1:$SPLIT_ADMIN" \
-  --primary "$PRIMARY_URL" --replica "127.0.0.1:$((PORT + 1))" --replica "127.0.0.1:$((PORT + 2))" \
+  --primary "$PRIMARY_URL" "${REPLICAS[@]}" \
   --pool-size 20 --log-level warn --admin-user app >"$WORK/pgsplit.log" 2>&1 &
 SPLIT_PID=$!
 PIDS+=("$SPLIT_PID")
@@ -82,7 +91,7 @@ SPLIT_PRIMARY_PORT=$((PORT + 65))
 SPLIT_PRIMARY_PID=""
 if [[ " $TARGETS " == *" pgsplit-primary "* ]]; then
   PGSPLIT_ROUTING__READS=primary ./target/release/pgsplit --listen "127.0.0.1:$SPLIT_PRIMARY_PORT" --admin-listen "" \
-    --primary "$PRIMARY_URL" --replica "127.0.0.1:$((PORT + 1))" --replica "127.0.0.1:$((PORT + 2))" \
+    --primary "$PRIMARY_URL" "${REPLICAS[@]}" \
     --pool-size 20 --log-level warn >"$WORK/pgsplit-primary.log" 2>&1 &
   SPLIT_PRIMARY_PID=$!
   PIDS+=("$SPLIT_PRIMARY_PID")
@@ -93,7 +102,7 @@ SPLIT_B_PID=""
 if [[ " $TARGETS " == *" pgsplit-b "* ]]; then
   [ -x "${BENCH_SPLIT_B:-}" ] || { log "the pgsplit-b target needs BENCH_SPLIT_B=<a pgsplit binary>"; exit 1; }
   "$BENCH_SPLIT_B" --listen "127.0.0.1:$SPLIT_B_PORT" --admin-listen "" \
-    --primary "$PRIMARY_URL" --replica "127.0.0.1:$((PORT + 1))" --replica "127.0.0.1:$((PORT + 2))" \
+    --primary "$PRIMARY_URL" "${REPLICAS[@]}" \
     --pool-size 20 --log-level warn >"$WORK/pgsplit-b.log" 2>&1 &
   SPLIT_B_PID=$!
   PIDS+=("$SPLIT_B_PID")
@@ -105,7 +114,7 @@ cat >"$WORK/userlist.txt" <<EOF
 EOF
 cat >"$WORK/pgbouncer.ini" <<EOF
 [databases]
-app = host=127.0.0.1 port=$PORT dbname=app
+app = host=$NODE_HOST port=$PORT dbname=app
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $BOUNCER_PORT
@@ -141,14 +150,14 @@ socket_dir = '$POOLCONF'
 pcp_listen_addresses = ''
 pcp_port = $((POOL_PORT + 1000))
 pcp_socket_dir = '$POOLCONF'
-backend_hostname0 = '127.0.0.1'
+backend_hostname0 = '$NODE_HOST'
 backend_port0 = $PORT
 backend_weight0 = 0
 backend_flag0 = 'ALLOW_TO_FAILOVER'
-backend_hostname1 = '127.0.0.1'
+backend_hostname1 = '$NODE_HOST'
 backend_port1 = $((PORT + 1))
 backend_weight1 = 1
-backend_hostname2 = '127.0.0.1'
+backend_hostname2 = '$NODE_HOST'
 backend_port2 = $((PORT + 2))
 backend_weight2 = 1
 load_balance_mode = on
@@ -249,29 +258,46 @@ replica_xacts() {
   echo "$n"
 }
 
+# CPU ticks the whole machine spent busy (user, nice, system, irq, softirq).
+machine_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
+
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 run_one() {
   local w=$1 t=$2 round=$3 port pid before after out tps lat failed ticks_before ticks_after rep_before rep_after
+  local busy_before busy_after bench_s
   port=$(port_of "$t")
   pid=$(pid_of "$t")
   rep_before=$(replica_xacts)
   ticks_before=$(cpu_ticks "$pid")
+  busy_before=$(machine_ticks)
+  # `times` in the subshell: the CPU pgbench used (its last line, children's user and sys)
   # shellcheck disable=SC2046
-  out=$(PGPASSWORD=app "$PGBENCH" -n -h 127.0.0.1 -p "$port" -U app -T "$(duration_for "$w")" $(args_for "$w") app 2>&1) || true
+  out=$(
+    PGPASSWORD=app "$PGBENCH" -n -h 127.0.0.1 -p "$port" -U app -T "$(duration_for "$w")" $(args_for "$w") app 2>&1 || true
+    times
+  )
+  busy_after=$(machine_ticks)
   ticks_after=$(cpu_ticks "$pid")
   rep_after=$(replica_xacts)
+  bench_s=$(echo "$out" | tail -1 | awk '{ s = 0; for (i = 1; i <= NF; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] } print s }')
   tps=$(echo "$out" | awk '/^tps = /{print $3; exit}')
   lat=$(echo "$out" | awk '/^latency average = /{print $4; exit}')
   failed=$(echo "$out" | awk '/number of failed transactions/{print $5; exit}')
   xacts=$(echo "$out" | awk '/number of transactions actually processed/{split($6,a,"/"); print a[1]; exit}')
   [ -z "$tps" ] && { log "$w on $t failed: $(echo "$out" | tail -3 | tr '\n' ' ')"; tps=0; lat=0; xacts=0; }
-  local cpu_us=0
+  local cpu_us=0 servers_us=0
   if [ -n "$pid" ] && [ "${xacts:-0}" -gt 0 ]; then
     cpu_us=$(awk -v d=$((ticks_after - ticks_before)) -v hz="$CLK_TCK" -v x="$xacts" 'BEGIN{printf "%.1f", d * 1e6 / hz / x}')
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$t" "$round" "$tps" "$lat" "$cpu_us" "${failed:-?}" "$((rep_after - rep_before))" >>"$RESULTS"
-  log "round $round $w $t: tps=$tps lat=${lat}ms cpu/tx=${cpu_us}us failed=${failed:-?} replica-xacts=$((rep_after - rep_before))"
+  # what neither the proxy nor pgbench used: the PostgreSQL servers (and the kernel work
+  # charged to them), per transaction
+  if [ "${xacts:-0}" -gt 0 ]; then
+    servers_us=$(awk -v m=$((busy_after - busy_before)) -v p=$((ticks_after - ticks_before)) -v b="$bench_s" \
+      -v hz="$CLK_TCK" -v x="$xacts" 'BEGIN{v = ((m - p) / hz - b) * 1e6 / x; printf "%.1f", v < 0 ? 0 : v}')
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$t" "$round" "$tps" "$lat" "$cpu_us" "${failed:-?}" "$((rep_after - rep_before))" "$servers_us" >>"$RESULTS"
+  log "round $round $w $t: tps=$tps lat=${lat}ms cpu/tx=${cpu_us}us servers/tx=${servers_us}us failed=${failed:-?} replica-xacts=$((rep_after - rep_before))"
 }
 
 for round in $(seq "$ROUNDS"); do
@@ -310,7 +336,7 @@ if [ "${BENCH_EXTRA:-0}" = 1 ]; then
   # the same on a fresh process (the benchmarked one keeps the heap its 1,000-client peak grew)
   FRESH_PORT=$((PORT + 64))
   ./target/release/pgsplit --listen "127.0.0.1:$FRESH_PORT" --admin-listen "" \
-    --primary "$PRIMARY_URL" --replica "127.0.0.1:$((PORT + 1))" --replica "127.0.0.1:$((PORT + 2))" \
+    --primary "$PRIMARY_URL" "${REPLICAS[@]}" \
     --pool-size 20 --log-level warn >"$WORK/pgsplit-fresh.log" 2>&1 &
   FRESH_PID=$!
   PIDS+=("$FRESH_PID")
@@ -326,8 +352,8 @@ import sys, statistics, collections, datetime, platform, os, subprocess
 res, out, cmd, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 rows = [l.rstrip("\n").split("\t") for l in open(res) if l.strip()]
 data = collections.defaultdict(list)
-for w, t, r, tps, lat, cpu, failed, rep in rows:
-    data[(w, t)].append((float(tps), float(lat or 0), float(cpu or 0), failed, int(rep)))
+for w, t, r, tps, lat, cpu, failed, rep, servers in rows:
+    data[(w, t)].append((float(tps), float(lat or 0), float(cpu or 0), failed, int(rep), float(servers or 0)))
 workloads = list(dict.fromkeys(w for w, *_ in rows))
 targets = list(dict.fromkeys(t for _, t, *_ in rows))
 def med(xs): return statistics.median(xs) if xs else 0
@@ -343,8 +369,8 @@ lines.append(f"Measured {datetime.datetime.now(datetime.timezone.utc).strftime('
 lines.append("")
 lines.append(f"Command: `{cmd}`")
 lines.append("")
-lines.append("| workload | target | TPS median | min | max | latency ms | × direct | × PgBouncer | proxy CPU µs/tx | failed | replica xacts |")
-lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+lines.append("| workload | target | TPS median | min | max | latency ms | × direct | × PgBouncer | proxy CPU µs/tx | servers CPU µs/tx | failed | replica xacts |")
+lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for w in workloads:
     direct = med([x[0] for x in data.get((w, "direct"), [])])
     bouncer = med([x[0] for x in data.get((w, "pgbouncer"), [])])
@@ -358,7 +384,8 @@ for w in workloads:
         cpu = med([x[2] for x in xs]) if t not in ("direct", "replica") else None
         failed = ",".join(sorted(set(x[3] for x in xs)))
         rep = sum(x[4] for x in xs)
-        lines.append(f"| {w} | {t} | {m:,.0f} | {min(tps):,.0f} | {max(tps):,.0f} | {med([x[1] for x in xs]):.3f} | {rd} | {rb} | {'' if cpu is None else f'{cpu:.1f}'} | {failed} | {rep:,} |")
+        servers = med([x[5] for x in xs])
+        lines.append(f"| {w} | {t} | {m:,.0f} | {min(tps):,.0f} | {max(tps):,.0f} | {med([x[1] for x in xs]):.3f} | {rd} | {rb} | {'' if cpu is None else f'{cpu:.1f}'} | {servers:.1f} | {failed} | {rep:,} |")
 # added latency at one client
 d1 = med([x[1] for x in data.get(("select-1client", "direct"), [])])
 if d1:

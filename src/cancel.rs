@@ -13,7 +13,6 @@ use bytes::BytesMut;
 use pgsplit_protocol::StartupPacket;
 use rand::RngExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::config::NodeAddr;
@@ -140,7 +139,7 @@ impl CancelRegistry {
 /// it does after signalling the backend.
 pub async fn send_cancel(target: &CancelTarget) -> bool {
     let fut = async {
-        let mut s = TcpStream::connect((target.addr.host.as_str(), target.addr.port)).await?;
+        let mut s = crate::pool::BackendStream::connect(&target.addr).await?;
         let mut b = BytesMut::new();
         StartupPacket::CancelRequest { pid: target.pid, secret: target.secret }.encode(&mut b);
         s.write_all(&b).await?;

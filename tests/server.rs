@@ -112,6 +112,46 @@ async fn unix_socket() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Backends given as a socket directory (libpq's `/dir` host) are reached over their Unix
+/// sockets: the monitor samples them, reads go to the replicas, writes to the primary, and a
+/// cancel reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_backends() {
+    let dir = std::env::var("PGCLUSTER_DIR").unwrap_or_else(|_| repo().join(".cluster").display().to_string());
+    let mut cfg = config();
+    cfg.cluster.primary = format!("{dir}:{PRIMARY_PORT}");
+    cfg.cluster.replicas = vec![format!("postgres://app:app@/app?host={dir}&port={}", PRIMARY_PORT + 1)];
+    cfg.cluster.replicas.push(format!("{dir}:{}", PRIMARY_PORT + 2));
+    let p = Proxy::start(cfg).await;
+    p.wait_routable().await;
+    let c = pg(&p.app_url()).await;
+    // inet_server_port() is NULL over a Unix socket; the server's port setting says which
+    let port = "SELECT current_setting('port')::int4, inet_server_port()";
+    for _ in 0..4 {
+        let row = c.query_one(port, &[]).await.unwrap();
+        let on = row.get::<_, i32>(0) as u16;
+        assert!(on == PRIMARY_PORT + 1 || on == PRIMARY_PORT + 2, "a read ran on {on}");
+        assert_eq!(row.get::<_, Option<i32>>(1), None, "the backend connection is not TCP");
+    }
+    let t = unique("unix_backend");
+    c.batch_execute(&format!("CREATE TABLE {t} (a int); INSERT INTO {t} VALUES (1)")).await.unwrap();
+    // read-your-writes over the sockets too
+    assert_eq!(c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get::<_, i64>(0), 1);
+    let insert = format!("INSERT INTO {t} VALUES (2) RETURNING current_setting('port')::int4");
+    assert_eq!(c.query_one(&insert, &[]).await.unwrap().get::<_, i32>(0) as u16, PRIMARY_PORT);
+
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let sleeper = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = sleeper.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&e), "57014");
+    assert!(started.elapsed() < Duration::from_secs(5), "cancel took {:?}", started.elapsed());
+    primary_admin().await.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    p.stop().await;
+}
+
 /// Shutdown stops accepting, lets an open transaction finish, closes idle clients with 57P01.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_lets_transactions_finish() {

@@ -186,7 +186,7 @@ impl Default for AuthConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// The primary: `host:port` or `postgres://user:password@host:port/db` (credentials in a
-    /// URL become a listed user).
+    /// URL become a listed user). A host starting with `/` is a Unix socket directory.
     pub primary: String,
     /// Replicas, in the same forms as `primary`.
     pub replicas: Vec<String>,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,11 +91,19 @@ pub struct PoolSettings {
     pub server_round_robin: bool,
 }
 
-/// A PostgreSQL server address.
+/// A PostgreSQL server address. A host that starts with `/` is the directory of the server's
+/// Unix-domain socket (as in libpq), which holds `.s.PGSQL.<port>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeAddr {
     pub host: String,
     pub port: u16,
+}
+
+impl NodeAddr {
+    /// The socket file, for a node reached over a Unix-domain socket.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.host.starts_with('/').then(|| Path::new(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
 }
 
 impl std::fmt::Display for NodeAddr {
@@ -209,19 +217,46 @@ struct ParsedNode {
 fn parse_node(key: &str, s: &str) -> Result<ParsedNode, ConfigError> {
     let bad = |m: &str| ConfigError::invalid(key, format!("\"{s}\": {m}"));
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        let u = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
-        let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
+        // libpq allows an empty host (`postgres://user@/db?host=/dir`); the url crate does not,
+        // so such a URL is read with a placeholder host that the `host` parameter replaces
+        let (scheme, rest) = s.split_once("://").unwrap_or_default();
+        let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+        let empty_host = authority.rsplit_once('@').map_or(authority, |(_, h)| h).starts_with(':')
+            || authority.is_empty()
+            || authority.ends_with('@');
+        let parsed = if empty_host {
+            let (userinfo, hostport) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+            let at = if userinfo.is_empty() { "" } else { "@" };
+            let tail = &rest[authority.len()..];
+            url::Url::parse(&format!("{scheme}://{userinfo}{at}empty-host{hostport}{tail}"))
+        } else {
+            url::Url::parse(s)
+        };
+        let u = parsed.map_err(|e| bad(&e.to_string()))?;
+        // percent-decoding only, as libpq does (a `+` in a password stays a `+`)
+        let decode = |v: &str| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned();
+        let query = |name: &str| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+        // libpq's forms for a socket directory: `?host=/dir`, or the directory percent-encoded
+        // in place of the host
+        let host = match query("host") {
+            Some(h) => h,
+            None if empty_host => String::new(),
+            None => decode(u.host_str().unwrap_or_default()),
+        };
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let decode =
-            |v: &str| url::form_urlencoded::parse(format!("x={v}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match query("port") {
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None => u.port().unwrap_or(5432),
+        };
         let user = if u.username().is_empty() {
             None
         } else {
-            let name = decode(u.username()).unwrap_or_default();
-            let pw = u.password().and_then(decode).unwrap_or_default();
-            Some((name, pw))
+            Some((decode(u.username()), u.password().map(decode).unwrap_or_default()))
         };
-        Ok(ParsedNode { addr: NodeAddr { host, port: u.port().unwrap_or(5432) }, user })
+        Ok(ParsedNode { addr: NodeAddr { host, port }, user })
     } else {
         let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("expected host:port or a postgres:// URL"))?;
         let port = port.parse().map_err(|_| bad("bad port"))?;

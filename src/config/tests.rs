@@ -105,6 +105,33 @@ fn url_credentials_become_users() {
 }
 
 #[test]
+fn socket_directories_as_in_libpq() {
+    let mut c = Config::default();
+    c.apply(&Overrides {
+        primary: Some("postgres://app:a+b%2Fc@%2Fvar%2Frun%2Fpostgresql:5433/app".into()),
+        replicas: vec![
+            "postgres://app:pw@/app?host=/tmp/pg&port=5434".into(),
+            "/run/pg:5435".into(),
+            "10.0.0.7:5436".into(),
+        ],
+        ..Default::default()
+    });
+    let s = Settings::validate(c).unwrap();
+    let socket = |a: &NodeAddr| a.socket_path().map(|p| p.display().to_string());
+    assert_eq!(s.primary, NodeAddr { host: "/var/run/postgresql".into(), port: 5433 });
+    assert_eq!(socket(&s.primary).as_deref(), Some("/var/run/postgresql/.s.PGSQL.5433"));
+    assert_eq!(s.replicas[0], NodeAddr { host: "/tmp/pg".into(), port: 5434 });
+    assert_eq!(socket(&s.replicas[1]).as_deref(), Some("/run/pg/.s.PGSQL.5435"));
+    assert_eq!(socket(&s.replicas[2]), None, "a host name is TCP");
+    // userinfo is percent-decoded only: `+` is not a space there
+    assert_eq!(s.auth.users["app"].backend, BackendCredential::Password("a+b/c".into()));
+
+    let mut c = Config::default();
+    c.apply(&Overrides { primary: Some("postgres://app@/app".into()), ..Default::default() });
+    assert!(Settings::validate(c).unwrap_err().to_string().contains("no host"));
+}
+
+#[test]
 fn stored_secrets() {
     let v = pgsplit_protocol::auth::ScramVerifier::generate("pw").encode();
     let toml = format!(

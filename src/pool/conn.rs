@@ -1,4 +1,4 @@
-//! One backend connection: TCP connect, StartupMessage, authentication as the server asks
+//! One backend connection: connect (TCP or Unix socket), StartupMessage, authentication as the server asks
 //! (SCRAM-SHA-256 with a password or pass-through keys, md5, cleartext, trust), and the
 //! bookkeeping the session needs to reuse it safely: reported parameters, which session state
 //! it carries (`state_fp`), which named statements it has prepared.
@@ -14,8 +14,8 @@ use pgsplit_protocol::framing::{decode_frame, Frame};
 use pgsplit_protocol::frontend::{encode_query, encode_terminate};
 use pgsplit_protocol::{BackendMessage, FrontendMessage, StartupPacket, TxStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::stream::BackendStream;
 use super::PoolError;
 use crate::config::NodeAddr;
 
@@ -38,7 +38,7 @@ pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
 pub const MAX_PREPARED_PER_CONN: usize = 2000;
 
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     /// Bytes read from the backend and not yet processed.
     pub rbuf: BytesMut,
     /// Shared with the cancel slot of the session that holds the connection.
@@ -67,7 +67,7 @@ impl std::fmt::Debug for ServerConn {
     }
 }
 
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame, PoolError> {
+async fn read_frame(stream: &mut BackendStream, buf: &mut BytesMut) -> Result<Frame, PoolError> {
     loop {
         if let Some(f) = decode_frame(buf, |_| MAX_BACKEND_MESSAGE)? {
             return Ok(f);
@@ -120,10 +120,7 @@ impl ServerConn {
         database: &str,
         credential: &Credential,
     ) -> Result<ServerConn, PoolError> {
-        let mut stream = TcpStream::connect((addr.host.as_str(), addr.port))
-            .await
-            .map_err(|e| PoolError::Connect(addr.to_string(), e))?;
-        stream.set_nodelay(true)?;
+        let mut stream = BackendStream::connect(addr).await.map_err(|e| PoolError::Connect(addr.to_string(), e))?;
         let mut out = BytesMut::with_capacity(256);
         StartupPacket::Startup { params: vec![("user".into(), user.into()), ("database".into(), database.into())] }
             .encode(&mut out);

@@ -5,6 +5,7 @@
 //! about routing or lag.
 
 mod conn;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,6 +18,7 @@ use pgsplit_protocol::ProtocolError;
 use tokio_util::sync::CancellationToken;
 
 pub use conn::{Credential, ServerConn, MAX_BACKEND_MESSAGE, MAX_PREPARED_PER_CONN};
+pub use stream::BackendStream;
 
 use crate::config::{NodeAddr, PoolSettings};
 
