@@ -214,24 +214,23 @@ struct ParsedNode {
     user: Option<(String, String)>,
 }
 
+/// Parses a postgres URL, also with an empty host as libpq allows (`postgres://user@/db?host=/dir`,
+/// which the url crate rejects): such a URL is read with a placeholder host, and the flag says so.
+fn parse_url(s: &str) -> (Result<url::Url, url::ParseError>, bool) {
+    let (scheme, rest) = s.split_once("://").unwrap_or_default();
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if !host_port.is_empty() && !host_port.starts_with(':') {
+        return (url::Url::parse(s), false);
+    }
+    let (userinfo, tail) = rest.split_at(authority.len() - host_port.len());
+    (url::Url::parse(&format!("{scheme}://{userinfo}placeholder{tail}")), true)
+}
+
 fn parse_node(key: &str, s: &str) -> Result<ParsedNode, ConfigError> {
     let bad = |m: &str| ConfigError::invalid(key, format!("\"{s}\": {m}"));
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        // libpq allows an empty host (`postgres://user@/db?host=/dir`); the url crate does not,
-        // so such a URL is read with a placeholder host that the `host` parameter replaces
-        let (scheme, rest) = s.split_once("://").unwrap_or_default();
-        let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-        let empty_host = authority.rsplit_once('@').map_or(authority, |(_, h)| h).starts_with(':')
-            || authority.is_empty()
-            || authority.ends_with('@');
-        let parsed = if empty_host {
-            let (userinfo, hostport) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
-            let at = if userinfo.is_empty() { "" } else { "@" };
-            let tail = &rest[authority.len()..];
-            url::Url::parse(&format!("{scheme}://{userinfo}{at}empty-host{hostport}{tail}"))
-        } else {
-            url::Url::parse(s)
-        };
+        let (parsed, empty_host) = parse_url(s);
         let u = parsed.map_err(|e| bad(&e.to_string()))?;
         // percent-decoding only, as libpq does (a `+` in a password stays a `+`)
         let decode = |v: &str| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned();
