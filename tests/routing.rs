@@ -474,18 +474,8 @@ async fn exec_unnamed(s: &mut tokio::net::TcpStream, sql: &str) -> Result<Vec<St
     encode_unnamed(&mut out, sql);
     FrontendMessage::Sync.encode(&mut out);
     s.write_all(&out).await.unwrap();
-    let mut buf = bytes::BytesMut::new();
-    let (mut rows, mut error) = (Vec::new(), None);
-    loop {
-        match read_backend(s, &mut buf).await.expect("answer") {
-            // one column: count (2 bytes), length (4 bytes), the text
-            BackendMessage::Raw { tag: b'D', body } => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
-            BackendMessage::ErrorResponse(e) => error = Some(e.code().to_owned()),
-            BackendMessage::ReadyForQuery(_) => break,
-            _ => {}
-        }
-    }
-    error.map_or(Ok(rows), Err)
+    let (rows, error) = read_until(s, |m| matches!(m, BackendMessage::ReadyForQuery(_))).await;
+    error.map_or(Ok(rows), |(code, _)| Err(code))
 }
 
 /// A client that re-parses the unnamed statement for every query reuses its classification
@@ -508,5 +498,69 @@ async fn reparsed_unnamed_statements_route_by_their_own_text() {
     }
     let n = exec_unnamed(&mut s, &format!("/* pgsplit:primary */ SELECT count(*) FROM {t}")).await.unwrap();
     assert_eq!(n, ["6"]);
+    p.stop().await;
+}
+
+/// Reads answers up to the first message `until` accepts: the first column of each row as text,
+/// and the SQLSTATE and message of the last error.
+async fn read_until(
+    s: &mut tokio::net::TcpStream,
+    until: impl Fn(&pgsplit_protocol::BackendMessage) -> bool,
+) -> (Vec<String>, Option<(String, String)>) {
+    use pgsplit_protocol::BackendMessage;
+    let mut buf = bytes::BytesMut::new();
+    let (mut rows, mut error) = (Vec::new(), None);
+    loop {
+        let m = read_backend(s, &mut buf).await.expect("answer");
+        match &m {
+            BackendMessage::Raw { tag: b'D', body } => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
+            BackendMessage::ErrorResponse(e) => error = Some((e.code().to_owned(), e.message().to_owned())),
+            _ => {}
+        }
+        if until(&m) {
+            return (rows, error);
+        }
+    }
+}
+
+/// A batch routed before its Sync arrived (the client flushed and waits for the first answers,
+/// as pipelining drivers do) runs its read on a replica. A write that comes later in the same
+/// batch is refused by pgsplit itself and never sent there; the same statements sent as one
+/// whole batch run together on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_a_flushed_read_in_one_batch() {
+    use pgsplit_protocol::{BackendMessage, FrontendMessage};
+    use tokio::io::AsyncWriteExt;
+    let p = proxy("transaction").await;
+    let t = unique("rt_flushed");
+    pg(&p.app_url()).await.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
+    let (mut s, _) = raw_login(p.addr, "app", "app", "app").await;
+    let ready = |m: &BackendMessage| matches!(m, BackendMessage::ReadyForQuery(_));
+
+    let mut out = bytes::BytesMut::new();
+    encode_unnamed(&mut out, "SELECT pg_is_in_recovery()::text");
+    FrontendMessage::Flush.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let (rows, error) = read_until(&mut s, |m| matches!(m, BackendMessage::CommandComplete { .. })).await;
+    assert_eq!((rows, error), (vec!["true".to_owned()], None), "the flushed read ran on a replica");
+    out.clear();
+    encode_unnamed(&mut out, &format!("INSERT INTO {t} VALUES (1)"));
+    FrontendMessage::Sync.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let (_, error) = read_until(&mut s, ready).await;
+    let (code, message) = error.expect("the write is refused");
+    assert_eq!(code, "25006");
+    assert!(message.starts_with("pgsplit:"), "refused by pgsplit, not by the replica: {message}");
+
+    out.clear();
+    encode_unnamed(&mut out, "SELECT pg_is_in_recovery()::text");
+    encode_unnamed(&mut out, &format!("INSERT INTO {t} VALUES (2)"));
+    FrontendMessage::Sync.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let (rows, error) = read_until(&mut s, ready).await;
+    assert_eq!((rows, error), (vec!["false".to_owned()], None), "a whole batch with a write runs on the primary");
+
+    let n = exec_unnamed(&mut s, &format!("/* pgsplit:primary */ SELECT count(*) FROM {t}")).await.unwrap();
+    assert_eq!(n, ["1"], "only the write of the whole batch ran");
     p.stop().await;
 }

@@ -50,11 +50,15 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated UTF-8 string.
     pub(crate) fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
+        std::str::from_utf8(self.cstr_bytes()?).map_err(|_| ProtocolError::InvalidUtf8)
+    }
+
+    /// The bytes of a NUL-terminated string, not checked for UTF-8.
+    pub(crate) fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let rest = &self.buf[self.pos..];
-        let nul = rest.iter().position(|&b| b == 0).ok_or(ProtocolError::MissingNul)?;
-        let s = std::str::from_utf8(&rest[..nul]).map_err(|_| ProtocolError::InvalidUtf8)?;
+        let nul = memchr::memchr(0, rest).ok_or(ProtocolError::MissingNul)?;
         self.pos += nul + 1;
-        Ok(s)
+        Ok(&rest[..nul])
     }
 
     /// A count that announces `n` items of at least `min_item` bytes each: rejected before

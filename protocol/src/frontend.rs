@@ -5,7 +5,8 @@
 //! authentication exchange, so it decodes to [`FrontendMessage::AuthData`] and
 //! [`FrontendMessage::decode_auth`] types it once the caller knows what it expects.
 //! For the relay's hot path, [`bind_statement`] reads only the names at the head of a Bind, and
-//! [`parse_statement`] the name and text of a Parse.
+//! [`parse_statement`] the name and text of a Parse, and [`parse_repeats`] compares a Parse
+//! with the last one without decoding it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -277,11 +278,15 @@ pub fn parse_statement(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
     Ok((name, sql))
 }
 
-/// Whether a Parse body declares exactly these parameter types (read without copying).
-pub fn parse_declares(body: &[u8], types: &[u32]) -> Result<bool, ProtocolError> {
+/// Whether a Parse body carries exactly this query text and these parameter types: compared
+/// as bytes, without copying or decoding (a driver that re-parses its unnamed statement for
+/// every query sends the same Parse each time).
+pub fn parse_repeats(body: &[u8], sql: &str, types: &[u32]) -> Result<bool, ProtocolError> {
     let mut r = Reader::new(body);
-    r.cstr()?;
-    r.cstr()?;
+    r.cstr_bytes()?;
+    if r.cstr_bytes()? != sql.as_bytes() {
+        return Ok(false);
+    }
     let n = r.count(4)?;
     if n != types.len() {
         return Ok(false);

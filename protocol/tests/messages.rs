@@ -175,6 +175,23 @@ fn parse_statement_reads_name_and_text() {
     }
 }
 
+#[test]
+fn parse_repeats_compares_text_and_types() {
+    use pgsplit_protocol::frontend::parse_repeats;
+    let mut out = BytesMut::new();
+    pgsplit_protocol::frontend::encode_parse(&mut out, "", "SELECT $1::int", &[23]);
+    let body = &out[5..];
+    assert!(parse_repeats(body, "SELECT $1::int", &[23]).unwrap());
+    // another text, a prefix of it, a longer one, other types, fewer types
+    assert!(!parse_repeats(body, "SELECT $1::int8", &[23]).unwrap());
+    assert!(!parse_repeats(body, "SELECT $1::in", &[23]).unwrap());
+    assert!(!parse_repeats(body, "SELECT $1::int", &[20]).unwrap());
+    assert!(!parse_repeats(body, "SELECT $1::int", &[]).unwrap());
+    // a body cut short is an error, not a match
+    assert!(parse_repeats(&body[..body.len() - 2], "SELECT $1::int", &[23]).is_err());
+    assert!(parse_repeats(b"\0SELECT", "SELECT", &[]).is_err());
+}
+
 proptest! {
     #[test]
     fn random_frontend_bytes_never_panic(tag in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..256)) {
@@ -182,6 +199,7 @@ proptest! {
         let _ = FrontendMessage::decode_auth(&body, AuthExpect::SaslInitial);
         let _ = pgsplit_protocol::frontend::bind_statement(&body);
         let _ = pgsplit_protocol::frontend::parse_statement(&body);
+        let _ = pgsplit_protocol::frontend::parse_repeats(&body, "SELECT 1", &[23]);
     }
 
     #[test]

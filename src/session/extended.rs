@@ -9,8 +9,7 @@ use bytes::{Buf, BytesMut};
 use pgsplit_protocol::backend::encode_ready;
 use pgsplit_protocol::framing::{peek_header, FrameHeader};
 use pgsplit_protocol::frontend::{
-    bind_statement, encode_parse, encode_target, parse_declares, parse_statement, rewrite_bind,
-    Target as DescribeTarget,
+    bind_statement, encode_parse, encode_target, parse_repeats, parse_statement, rewrite_bind, Target as DescribeTarget,
 };
 use pgsplit_protocol::{ErrorResponse, FrontendMessage, SqlState, TxStatus};
 
@@ -28,6 +27,13 @@ const MAX_BATCH_LOOKAHEAD: usize = 1 << 20;
 /// A batch whose next frame is still arriving is held back until it is complete, as long as
 /// less than this is buffered (client reads pause at the session's high-water mark).
 const BATCH_WAIT_LIMIT: usize = 128 << 10;
+
+/// What [`Session::scan_attached`] found in a batch.
+struct BatchScan {
+    tracking: bool,
+    names_statements: bool,
+    whole: bool,
+}
 
 impl Session {
     /// Extended-protocol messages. Returns `false` when the batch has to wait for the current
@@ -88,13 +94,15 @@ impl Session {
                     return Ok(true);
                 }
             };
-            self.tracking = self.needs_tracking(end)?;
-            if self.names_statements(end)? {
+            let scan = self.scan_attached(end)?;
+            self.tracking = scan.tracking;
+            if scan.names_statements {
                 self.disarm_retry();
             } else {
                 self.arm_retry(route.target, BytesMut::new(), true);
             }
             self.batch_open = true;
+            self.batch_whole = scan.whole;
             self.batch_ddl = ddl;
             self.batch_wrote = wrote;
             self.batch_started = Some((Instant::now(), route.target.label()));
@@ -279,23 +287,24 @@ impl Session {
         }
     }
 
-    /// Whether the batch needs response bookkeeping (pgsplit answers or adds messages).
-    fn needs_tracking(&self, end: usize) -> Result<bool, Error> {
-        let Some(b) = self.backend.as_ref() else {
-            return Ok(false);
-        };
+    /// One pass over a batch that has its connection: whether it needs response bookkeeping
+    /// (pgsplit answers or adds messages), whether it parses or closes a named statement, and
+    /// whether it is whole (ends with its Sync).
+    fn scan_attached(&self, end: usize) -> Result<BatchScan, Error> {
+        let b = self.backend.as_ref().expect("attached");
         let mut unnamed_here =
             self.unnamed.as_ref().is_some_and(|u| u.2 == b.conn.pid) && self.unnamed_node == Some(b.node);
         let mut track = false;
+        let mut names_statements = false;
         let mut last = 0u8;
         self.frames(end, |tag, body| {
             last = tag;
             let named = |name: &str| !name.is_empty();
             match tag {
                 b'P' => {
-                    let mut r = body.split(|&c| c == 0);
-                    if named(std::str::from_utf8(r.next().unwrap_or_default()).unwrap_or("")) {
+                    if body.first().is_some_and(|&c| c != 0) {
                         track = true;
+                        names_statements = true;
                     } else {
                         unnamed_here = true;
                     }
@@ -318,27 +327,17 @@ impl Session {
                         track = true;
                     }
                 }
-                b'C' if body.first() == Some(&b'S') && body.len() > 2 => track = true,
+                b'C' if body.first() == Some(&b'S') && body.len() > 2 => {
+                    track = true;
+                    names_statements = true;
+                }
                 _ => {}
             }
             Ok(())
         })?;
+        let whole = last == b'S';
         // A batch routed before its Sync arrived is tracked: its rest may need rewriting.
-        Ok(track || last != b'S')
-    }
-
-    /// Whether the batch parses or closes a named statement.
-    fn names_statements(&self, end: usize) -> Result<bool, Error> {
-        let mut named = false;
-        self.frames(end, |tag, body| {
-            match tag {
-                b'P' => named |= body.first().is_some_and(|&b| b != 0),
-                b'C' => named |= body.first() == Some(&b'S') && body.len() > 2,
-                _ => {}
-            }
-            Ok(())
-        })?;
-        Ok(named)
+        Ok(BatchScan { tracking: track || !whole, names_statements, whole })
     }
 
     fn track(&mut self, e: Expect) {
@@ -410,9 +409,7 @@ impl Session {
         let b = self.backend.as_ref().expect("attached");
         let (node, pid) = (b.node, b.conn.pid);
         let same = match &self.unnamed {
-            Some((last, types, _)) => {
-                parse_statement(body).map_err(protocol)?.1 == last && parse_declares(body, types).map_err(protocol)?
-            }
+            Some((last, types, _)) => parse_repeats(body, last, types).map_err(protocol)?,
             None => false,
         };
         if same {
@@ -437,7 +434,9 @@ impl Session {
     fn forward_extended(&mut self, h: FrameHeader) -> Result<(), Error> {
         let frame: BytesMut = self.cin.split_to(h.total);
         let body = &frame[5..];
-        if self.refuse_on_replica(h.tag, body)? {
+        // A whole batch was routed on the class of everything in it; only a frame that arrived
+        // after the batch was routed is checked on its own.
+        if !self.batch_whole && self.refuse_on_replica(h.tag, body)? {
             return Ok(());
         }
         if let Some(r) = self.retry.as_mut().filter(|r| r.open) {
@@ -557,6 +556,7 @@ impl Session {
                     prepare: None,
                 });
                 self.batch_open = false;
+                self.batch_whole = false;
                 self.tracking = false;
             }
             _ => unreachable!("only extended-protocol frames come here"),

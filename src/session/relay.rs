@@ -129,6 +129,8 @@ pub struct Session {
     pub(super) batches: VecDeque<Batch>,
     /// Extended-protocol messages were sent since the last Sync.
     pub(super) batch_open: bool,
+    /// The open batch was routed with its Sync in: every statement in it was classified.
+    pub(super) batch_whole: bool,
     /// The open extended batch is being tracked in `expect`.
     pub(super) tracking: bool,
     /// Effects of the open extended batch, until its Sync.
@@ -233,6 +235,7 @@ impl Session {
             tx: TxStatus::Idle,
             batches: VecDeque::new(),
             batch_open: false,
+            batch_whole: false,
             tracking: false,
             open_effects: Vec::new(),
             skip_until_sync: false,

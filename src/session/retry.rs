@@ -129,6 +129,7 @@ impl Session {
         self.batches.clear();
         self.expect.clear();
         self.batch_open = false;
+        self.batch_whole = false;
         self.tracking = false;
         self.skip_until_sync = false;
         self.copy_in = false;
