@@ -478,15 +478,21 @@ async fn exec_unnamed(s: &mut tokio::net::TcpStream, sql: &str) -> Result<Vec<St
     error.map_or(Ok(rows), |(code, _)| Err(code))
 }
 
+/// A proxy, a new table `<prefix>_...` with an `id int` column, and a raw client logged in.
+async fn raw_client_with_table(prefix: &str) -> (Proxy, String, tokio::net::TcpStream) {
+    let p = proxy("transaction").await;
+    let t = unique(prefix);
+    pg(&p.app_url()).await.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
+    let (s, _) = raw_login(p.addr, "app", "app", "app").await;
+    (p, t, s)
+}
+
 /// A client that re-parses the unnamed statement for every query reuses its classification
 /// only for the very same text: a write parsed after reads of another text still goes to the
 /// primary, and the reads before it to replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reparsed_unnamed_statements_route_by_their_own_text() {
-    let p = proxy("transaction").await;
-    let t = unique("rt_unnamed");
-    pg(&p.app_url()).await.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
-    let (mut s, _) = raw_login(p.addr, "app", "app", "app").await;
+    let (p, t, mut s) = raw_client_with_table("rt_unnamed").await;
     for _ in 0..3 {
         let on = exec_unnamed(&mut s, "SELECT pg_is_in_recovery()::text").await.unwrap();
         assert_eq!(on, ["true"], "a read goes to a replica");
@@ -531,10 +537,7 @@ async fn read_until(
 async fn a_write_after_a_flushed_read_in_one_batch() {
     use pgsplit_protocol::{BackendMessage, FrontendMessage};
     use tokio::io::AsyncWriteExt;
-    let p = proxy("transaction").await;
-    let t = unique("rt_flushed");
-    pg(&p.app_url()).await.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
-    let (mut s, _) = raw_login(p.addr, "app", "app", "app").await;
+    let (p, t, mut s) = raw_client_with_table("rt_flushed").await;
     let ready = |m: &BackendMessage| matches!(m, BackendMessage::ReadyForQuery(_));
 
     let mut out = bytes::BytesMut::new();
