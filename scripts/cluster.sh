@@ -190,10 +190,12 @@ cmd_up() {
   if [ ! -f "$DIR/primary/PG_VERSION" ]; then
     log "initdb primary on port $PORT"
     init_primary
-    start_node primary
+  fi
+  start_node primary
+  # also when an earlier `up` made the primary but stopped before its roles (its port was
+  # taken, say): the replicas' pg_basebackup needs the replicator role
+  if [ "$(psql_primary "SELECT count(*) FROM pg_roles WHERE rolname = 'replicator'")" != 1 ]; then
     create_roles
-  else
-    start_node primary
   fi
   local i
   for ((i = 1; i <= REPLICAS; i++)); do

@@ -352,15 +352,17 @@ async fn queued_reads_count_toward_replica_load() {
     // B holds one replica; every waiter then reads from the other one, which becomes the
     // replica each of them prefers on a tie.
     let b = tokio::spawn(async move { port_simple(&holder_b, "SELECT inet_server_port(), pg_sleep(3)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (not a fixed sleep: on a busy machine B's read may take longer to start)
+    let b_on = replica_running("pg_sleep(3)").await;
     let mut first = Vec::new();
     for w in &waiters {
         first.push(port_simple(w, "SELECT inet_server_port()").await);
     }
-    assert!(first.iter().all(|&port| port == first[0]), "warm-up reads all on the idle replica: {first:?}");
+    assert!(first.iter().all(|&port| port != b_on), "warm-up reads all on the idle replica: {first:?}");
     // A holds that replica too; now both are busy (one connection each).
     let a = tokio::spawn(async move { port_simple(&holder_a, "SELECT inet_server_port(), pg_sleep(2)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a_on = replica_running("pg_sleep(2)").await;
+    assert_ne!(a_on, b_on, "A and B hold different replicas");
     let mut queued = Vec::new();
     for w in waiters {
         queued.push(tokio::spawn(async move { port_simple(&w, "SELECT inet_server_port()").await }));
@@ -377,4 +379,26 @@ async fn queued_reads_count_toward_replica_load() {
     let on_b = ports.iter().filter(|&&port| port == b).count();
     assert_eq!((on_a, on_b), (2, 2), "queued reads spread over both queues: {ports:?}");
     p.stop().await;
+}
+
+/// Waits (up to 10 s) until a replica runs a query whose text contains `marker`, and returns
+/// that replica's port.
+async fn replica_running(marker: &str) -> u16 {
+    let mut admins = Vec::new();
+    for port in REPLICA_PORTS {
+        admins.push((port, pg(&format!("postgres://postgres:postgres@127.0.0.1:{port}/app")).await));
+    }
+    let pattern = format!("%{marker}%");
+    let start = std::time::Instant::now();
+    loop {
+        for (port, c) in &admins {
+            let sql = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE $1 AND pid <> pg_backend_pid()";
+            let n: i64 = c.query_one(sql, &[&pattern]).await.unwrap().get(0);
+            if n > 0 {
+                return *port;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no replica runs a query with {marker}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
