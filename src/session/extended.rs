@@ -44,6 +44,8 @@ impl Session {
             // copy ends completes the batch that started it.
             let frame = self.cin.split_to(h.total);
             self.bout.extend_from_slice(&frame);
+            // frames after this Sync are still the batch's, but they were not classified with it
+            self.batch_whole = false;
             if h.tag == b'S' && self.copy_ended {
                 self.copy_sync_ignored = false;
                 self.copy_ended = false;
