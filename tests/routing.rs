@@ -519,6 +519,7 @@ async fn read_until(
     loop {
         let m = read_backend(s, &mut buf).await.expect("answer");
         match &m {
+            // one column: count (2 bytes), length (4 bytes), the text
             BackendMessage::Raw { tag: b'D', body } => rows.push(String::from_utf8_lossy(&body[6..]).into_owned()),
             BackendMessage::ErrorResponse(e) => error = Some((e.code().to_owned(), e.message().to_owned())),
             _ => {}
@@ -562,6 +563,28 @@ async fn a_write_after_a_flushed_read_in_one_batch() {
     s.write_all(&out).await.unwrap();
     let (rows, error) = read_until(&mut s, ready).await;
     assert_eq!((rows, error), (vec!["false".to_owned()], None), "a whole batch with a write runs on the primary");
+
+    // In a read-only transaction on a replica, a write in a whole batch gets the server's own
+    // refusal, as in the simple protocol. (The session's own write above keeps its reads on the
+    // primary until a replica has it: try again until the transaction starts on one.)
+    let start = std::time::Instant::now();
+    loop {
+        exec_unnamed(&mut s, "BEGIN READ ONLY").await.unwrap();
+        if exec_unnamed(&mut s, "SELECT pg_is_in_recovery()::text").await.unwrap() == ["true"] {
+            break;
+        }
+        exec_unnamed(&mut s, "ROLLBACK").await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10), "no read-only transaction on a replica");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    out.clear();
+    encode_unnamed(&mut out, &format!("INSERT INTO {t} VALUES (3)"));
+    FrontendMessage::Sync.encode(&mut out);
+    s.write_all(&out).await.unwrap();
+    let (code, message) = read_until(&mut s, ready).await.1.expect("the write is refused");
+    assert_eq!(code, "25006");
+    assert!(message.contains("read-only transaction"), "the server's own refusal: {message}");
+    exec_unnamed(&mut s, "ROLLBACK").await.unwrap();
 
     let n = exec_unnamed(&mut s, &format!("/* pgsplit:primary */ SELECT count(*) FROM {t}")).await.unwrap();
     assert_eq!(n, ["1"], "only the write of the whole batch ran");
